@@ -1,0 +1,1 @@
+"""Codecs for what crosses a hop: fewer bytes, with known error."""

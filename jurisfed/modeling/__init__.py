@@ -1,0 +1,1 @@
+"""Model architectures known to the federation, described without TensorFlow."""

@@ -1,0 +1,90 @@
+"""What a round asks of its participants, as the domain sees it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from jurisfed.tensors import ModelSpec
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    # FedProx proximal term; 0 disables it.
+    proximal_mu: float = 0.0
+
+
+class RoundState(enum.Enum):
+    WAITING = "waiting"
+    OPEN = "open"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class RoundAnnouncement:
+    state: RoundState
+    round: int
+    model_spec: ModelSpec | None
+    training: TrainingConfig | None
+    deadline_in_s: float
+    base_model_sha256: str
+
+
+# Largest example count one silo may claim; beyond this a claim is treated as hostile.
+MAX_EXAMPLES_PER_SILO = 1_000_000_000
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+
+
+@dataclass(frozen=True)
+class UpdateHeader:
+    """What a silo declares before streaming its weight delta."""
+
+    round: int
+    example_count: int
+    idempotency_key: str
+    train_loss: float
+
+
+@dataclass(frozen=True)
+class AggregateHeader:
+    """What a regional declares before streaming its jurisdiction's aggregate delta."""
+
+    round: int
+    cohort_size: int
+    example_total: int
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    sender: str
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    round: int
+    outcome: str
+    participants: tuple[str, ...]
+    example_total: int
+    bytes_received: int
+    float32_bytes_equivalent: int
+    wall_time_s: float
+    model_sha256: str
+    rejections: tuple[Rejection, ...] = ()
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One jurisdiction's aggregate as the global aggregator received it."""
+
+    round: int
+    jurisdiction: str
+    cohort_size: int
+    example_total: int
+    bytes_received: int
+    float32_bytes_equivalent: int
