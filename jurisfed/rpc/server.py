@@ -1,0 +1,200 @@
+"""A gRPC server over mutual TLS, with health checking, reflection and error mapping.
+
+`serve` is a context manager: the server listens on entry and stops gracefully on exit.
+Health starts NOT_SERVING for every service; the owner calls `set_serving(True)` once it is
+really ready, and `stop` flips it back before draining calls, so load balancers and clients
+that watch health stop sending work first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from jurisfed.auth.pki import TlsFiles
+from jurisfed.errors import ConfigError
+from jurisfed.rpc.interceptors import ErrorMappingInterceptor
+
+DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+DEFAULT_GRACE_S = 5.0
+
+# Clients ping every 30 s (see `channel`); accept pings down to every 20 s, even with no call
+# in flight. The server pings idle clients every 60 s to drop dead connections (a silo whose
+# host vanished mid long-poll).
+_SERVER_KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+)
+
+
+@dataclass(frozen=True)
+class Service:
+    """A gRPC service to host: its full name (``jurisfed.v1.RegionalAggregator``) and how to add it."""
+
+    name: str
+    register: Callable[[grpc.Server], None]
+
+
+class RunningServer:
+    """A started server: where it listens, its health switch and its stop."""
+
+    def __init__(
+        self,
+        *,
+        server: grpc.Server,
+        executor: futures.ThreadPoolExecutor,
+        health_servicer: health.HealthServicer,
+        service_names: Sequence[str],
+        host: str,
+        port: int,
+    ) -> None:
+        self._server = server
+        self._executor = executor
+        self._health = health_servicer
+        self._service_names = (health.OVERALL_HEALTH, *service_names)
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.port: int = port
+        self.address: str = f"{_dialable_host(host)}:{port}"
+
+    def set_serving(self, serving: bool) -> None:
+        """Report every hosted service, and the server as a whole (""), as SERVING or NOT_SERVING.
+
+        Has no effect once `stop` has begun: a stopping server stays NOT_SERVING.
+        """
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self._service_names:
+            self._health.set(name, status)
+
+    def stop(self, grace_s: float) -> None:
+        """Flip health to NOT_SERVING, refuse new calls and give running ones `grace_s` to finish.
+
+        Idempotent; returns when the server has stopped.
+        """
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._health.enter_graceful_shutdown()
+        self._server.stop(grace_s).wait()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+@contextmanager
+def serve(
+    services: Sequence[Service],
+    tls: TlsFiles,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_workers: int = 32,
+) -> Iterator[RunningServer]:
+    """Serve `services` over mTLS (clients must present a certificate from the federation CA).
+
+    Port 0 picks a free port (see `RunningServer.port`). Health answers NOT_SERVING until
+    the caller's `set_serving(True)`. On exit the server stops with a 5 s grace period.
+    """
+    names = [service.name for service in services]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"services registered twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    ca_cert, cert, key = tls.read()
+    credentials = grpc.ssl_server_credentials(
+        ((key, cert),), root_certificates=ca_cert, require_client_auth=True
+    )
+
+    executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="jurisfed-rpc")
+    try:
+        running = _start(
+            services,
+            credentials=credentials,
+            executor=executor,
+            host=host,
+            port=port,
+            max_message_bytes=max_message_bytes,
+        )
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    try:
+        yield running
+    finally:
+        running.stop(grace_s=DEFAULT_GRACE_S)
+
+
+def _start(
+    services: Sequence[Service],
+    *,
+    credentials: grpc.ServerCredentials,
+    executor: futures.ThreadPoolExecutor,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+) -> RunningServer:
+    names = [service.name for service in services]
+    server = grpc.server(
+        executor,
+        interceptors=(ErrorMappingInterceptor(),),
+        options=(
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            # Without this, gRPC on Linux lets a second server bind a port already in use.
+            ("grpc.so_reuseport", 0),
+            *_SERVER_KEEPALIVE_OPTIONS,
+        ),
+    )
+    # Non-blocking: a client watching health does not hold a worker thread.
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    for name in (health.OVERALL_HEALTH, *names):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in services:
+        service.register(server)
+    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    address = f"{_bindable_host(host)}:{port}"
+    try:
+        bound_port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # gRPC logs the operating system's reason on stderr
+        bound_port = 0
+    if bound_port == 0:
+        raise ConfigError(
+            f"cannot listen on {address}: the port is in use, or the host is not an address of this machine"
+        )
+    server.start()
+    return RunningServer(
+        server=server,
+        executor=executor,
+        health_servicer=health_servicer,
+        service_names=names,
+        host=host,
+        port=bound_port,
+    )
+
+
+def _bindable_host(host: str) -> str:
+    """`host` as gRPC wants it in an address: IPv6 literals in brackets."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+def _dialable_host(host: str) -> str:
+    """Where a local client reaches a server bound to `host` (the loopback for wildcards)."""
+    bracketed = _bindable_host(host)
+    return {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(bracketed, bracketed)  # noqa: S104
