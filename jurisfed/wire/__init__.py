@@ -1,0 +1,1 @@
+"""The wire: generated protobuf code (v1), tensor chunk streams, and proto <-> domain conversion."""

@@ -1,0 +1,318 @@
+"""The one bridge between wire messages (jurisfed.wire.v1) and domain types.
+
+`<thing>_to_proto` builds the message a tier sends. `<thing>_from_proto` reads what a peer
+sent and raises InvalidInput, naming the message and field, when it breaks the contract.
+Tensor values themselves travel through `jurisfed.wire.chunks`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+import numpy as np
+
+from jurisfed.errors import InvalidInput
+from jurisfed.rounds import (
+    MAX_EXAMPLES_PER_SILO,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    AggregateHeader,
+    Contribution,
+    Rejection,
+    RoundAnnouncement,
+    RoundState,
+    RoundSummary,
+    TrainingConfig,
+    UpdateHeader,
+)
+from jurisfed.tensors import ModelSpec, TensorSpec
+from jurisfed.wire.v1 import global_pb2, regional_pb2, rounds_pb2, tensors_pb2
+
+_DTYPES = {"float32": tensors_pb2.DTYPE_FLOAT32}
+_DTYPE_NAMES: dict[int, str] = {value: name for name, value in tensors_pb2.DType.items()}
+_ROUND_STATES = {
+    RoundState.WAITING: rounds_pb2.ROUND_STATE_WAITING,
+    RoundState.OPEN: rounds_pb2.ROUND_STATE_OPEN,
+    RoundState.FINISHED: rounds_pb2.ROUND_STATE_FINISHED,
+}
+_ROUND_STATES_FROM_PROTO: dict[int, RoundState] = {wire: state for state, wire in _ROUND_STATES.items()}
+_ROUND_STATE_NAMES: dict[int, str] = {value: name for name, value in rounds_pb2.RoundState.items()}
+# The offset of a chunk is an int64: no tensor may hold more values than it can address.
+_MAX_TENSOR_VALUES = 2**63 - 1
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+# --- Model description -------------------------------------------------------------------
+
+
+def tensor_spec_to_proto(spec: TensorSpec) -> tensors_pb2.TensorSpec:
+    if spec.dtype not in _DTYPES:
+        raise ValueError(f"tensor {spec.name!r} has dtype {spec.dtype}; the wire carries {sorted(_DTYPES)}")
+    return tensors_pb2.TensorSpec(name=spec.name, dtype=_DTYPES[spec.dtype], shape=spec.shape)
+
+
+def tensor_spec_from_proto(message: tensors_pb2.TensorSpec) -> TensorSpec:
+    if not message.name:
+        raise InvalidInput("model spec: a tensor has an empty name")
+    where = f"model spec: tensor {message.name!r}"
+    if message.dtype != tensors_pb2.DTYPE_FLOAT32:
+        name = _DTYPE_NAMES.get(message.dtype, str(message.dtype))
+        raise InvalidInput(f"{where} has dtype {name}, expected DTYPE_FLOAT32")
+    shape = tuple(message.shape)
+    if any(dim < 0 for dim in shape):
+        raise InvalidInput(f"{where} has shape {list(shape)}; dimensions must be 0 or more")
+    if math.prod(shape) > _MAX_TENSOR_VALUES:
+        raise InvalidInput(f"{where} has shape {list(shape)}, more values than a chunk offset can address")
+    return TensorSpec(message.name, shape, "float32")
+
+
+def model_spec_to_proto(spec: ModelSpec) -> tensors_pb2.ModelSpec:
+    return tensors_pb2.ModelSpec(
+        architecture=spec.architecture, tensors=[tensor_spec_to_proto(t) for t in spec.tensors]
+    )
+
+
+def model_spec_from_proto(message: tensors_pb2.ModelSpec) -> ModelSpec:
+    tensors = tuple(tensor_spec_from_proto(t) for t in message.tensors)
+    repeated = sorted(name for name, count in Counter(t.name for t in tensors).items() if count > 1)
+    if repeated:
+        raise InvalidInput(f"model spec: tensor names must be unique; repeated: {repeated}")
+    return ModelSpec(message.architecture, tensors)
+
+
+# --- Rounds ------------------------------------------------------------------------------
+
+
+def training_config_to_proto(config: TrainingConfig) -> rounds_pb2.TrainingConfig:
+    return rounds_pb2.TrainingConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        proximal_mu=config.proximal_mu,
+    )
+
+
+def training_config_from_proto(message: rounds_pb2.TrainingConfig) -> TrainingConfig:
+    where = "training config"
+    epochs = _at_least(where, "epochs", message.epochs, 1)
+    batch_size = _at_least(where, "batch_size", message.batch_size, 1)
+    learning_rate = _from_float32(message.learning_rate)
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise InvalidInput(f"{where}: learning_rate must be a finite number above 0, got {learning_rate}")
+    proximal_mu = _finite(where, "proximal_mu", _from_float32(message.proximal_mu), minimum=0.0)
+    return TrainingConfig(epochs, batch_size, learning_rate, proximal_mu)
+
+
+def round_state_to_proto(state: RoundState) -> rounds_pb2.RoundState.ValueType:
+    return _ROUND_STATES[state]
+
+
+def round_state_from_proto(value: int) -> RoundState:
+    state = _ROUND_STATES_FROM_PROTO.get(value)
+    if state is None:
+        name = _ROUND_STATE_NAMES.get(value, f"{value} (unknown)")
+        raise InvalidInput(f"round state {name} is not one of WAITING, OPEN, FINISHED")
+    return state
+
+
+def round_announcement_to_proto(announcement: RoundAnnouncement) -> rounds_pb2.RoundAnnouncement:
+    message = rounds_pb2.RoundAnnouncement(
+        state=round_state_to_proto(announcement.state),
+        round=announcement.round,
+        deadline_in_s=announcement.deadline_in_s,
+        base_model_sha256=announcement.base_model_sha256,
+    )
+    if announcement.model_spec is not None:
+        message.model_spec.CopyFrom(model_spec_to_proto(announcement.model_spec))
+    if announcement.training is not None:
+        message.training.CopyFrom(training_config_to_proto(announcement.training))
+    return message
+
+
+def round_announcement_from_proto(message: rounds_pb2.RoundAnnouncement) -> RoundAnnouncement:
+    """An OPEN round carries its model spec, training config and base model hash; others none."""
+    where = "round announcement"
+    state = round_state_from_proto(message.state)
+    # Negative once the deadline has passed, which is not a malformed announcement.
+    deadline_in_s = _finite(where, "deadline_in_s", message.deadline_in_s)
+    has_spec, has_training = message.HasField("model_spec"), message.HasField("training")
+    if state is not RoundState.OPEN:
+        if has_spec or has_training:
+            raise InvalidInput(f"{where}: a {state.value} round carries no model_spec or training")
+        round_number = _at_least(where, "round", message.round, 0)
+        return RoundAnnouncement(state, round_number, None, None, deadline_in_s, message.base_model_sha256)
+    if not (has_spec and has_training):
+        raise InvalidInput(f"{where}: an open round must carry model_spec and training")
+    if not _SHA256_HEX.fullmatch(message.base_model_sha256):
+        raise InvalidInput(
+            f"{where}: base_model_sha256 must be 64 lowercase hex digits, "
+            f"got {message.base_model_sha256[:80]!r}"
+        )
+    return RoundAnnouncement(
+        state=state,
+        round=_at_least(where, "round", message.round, 1),
+        model_spec=model_spec_from_proto(message.model_spec),
+        training=training_config_from_proto(message.training),
+        deadline_in_s=deadline_in_s,
+        base_model_sha256=message.base_model_sha256,
+    )
+
+
+# --- Contributions -----------------------------------------------------------------------
+
+
+def update_header_to_proto(header: UpdateHeader) -> regional_pb2.UpdateHeader:
+    return regional_pb2.UpdateHeader(
+        round=header.round,
+        example_count=header.example_count,
+        idempotency_key=header.idempotency_key,
+        train_loss=header.train_loss,
+    )
+
+
+def update_header_from_proto(message: regional_pb2.UpdateHeader) -> UpdateHeader:
+    where = "update header"
+    return UpdateHeader(
+        round=_at_least(where, "round", message.round, 1),
+        example_count=_between(where, "example_count", message.example_count, 1, MAX_EXAMPLES_PER_SILO),
+        idempotency_key=_idempotency_key(where, message.idempotency_key),
+        train_loss=_finite(where, "train_loss", message.train_loss),
+    )
+
+
+def aggregate_header_to_proto(header: AggregateHeader) -> global_pb2.AggregateHeader:
+    return global_pb2.AggregateHeader(
+        round=header.round,
+        cohort_size=header.cohort_size,
+        example_total=header.example_total,
+        idempotency_key=header.idempotency_key,
+    )
+
+
+def aggregate_header_from_proto(message: global_pb2.AggregateHeader) -> AggregateHeader:
+    where = "aggregate header"
+    cohort_size = _at_least(where, "cohort_size", message.cohort_size, 1)
+    return AggregateHeader(
+        round=_at_least(where, "round", message.round, 1),
+        cohort_size=cohort_size,
+        example_total=_example_total(where, message.example_total, cohort_size),
+        idempotency_key=_idempotency_key(where, message.idempotency_key),
+    )
+
+
+def contribution_to_proto(contribution: Contribution) -> global_pb2.Contribution:
+    return global_pb2.Contribution(
+        round=contribution.round,
+        jurisdiction=contribution.jurisdiction,
+        cohort_size=contribution.cohort_size,
+        example_total=contribution.example_total,
+        bytes_received=contribution.bytes_received,
+        float32_bytes_equivalent=contribution.float32_bytes_equivalent,
+    )
+
+
+def contribution_from_proto(message: global_pb2.Contribution) -> Contribution:
+    where = "contribution"
+    if not message.jurisdiction:
+        raise InvalidInput(f"{where}: jurisdiction is empty")
+    cohort_size = _at_least(where, "cohort_size", message.cohort_size, 1)
+    return Contribution(
+        round=_at_least(where, "round", message.round, 1),
+        jurisdiction=message.jurisdiction,
+        cohort_size=cohort_size,
+        example_total=_example_total(where, message.example_total, cohort_size),
+        bytes_received=_at_least(where, "bytes_received", message.bytes_received, 0),
+        float32_bytes_equivalent=_at_least(
+            where, "float32_bytes_equivalent", message.float32_bytes_equivalent, 0
+        ),
+    )
+
+
+# --- Round reports -----------------------------------------------------------------------
+
+
+def rejection_to_proto(rejection: Rejection) -> rounds_pb2.Rejection:
+    return rounds_pb2.Rejection(sender=rejection.sender, code=rejection.code, reason=rejection.reason)
+
+
+def rejection_from_proto(message: rounds_pb2.Rejection) -> Rejection:
+    return Rejection(sender=message.sender, code=message.code, reason=message.reason)
+
+
+def round_summary_to_proto(summary: RoundSummary) -> rounds_pb2.RoundSummary:
+    return rounds_pb2.RoundSummary(
+        round=summary.round,
+        outcome=summary.outcome,
+        participants=summary.participants,
+        example_total=summary.example_total,
+        bytes_received=summary.bytes_received,
+        float32_bytes_equivalent=summary.float32_bytes_equivalent,
+        wall_time_s=summary.wall_time_s,
+        model_sha256=summary.model_sha256,
+        rejections=[rejection_to_proto(r) for r in summary.rejections],
+    )
+
+
+def round_summary_from_proto(message: rounds_pb2.RoundSummary) -> RoundSummary:
+    where = "round summary"
+    return RoundSummary(
+        round=_at_least(where, "round", message.round, 1),
+        outcome=message.outcome,
+        participants=tuple(message.participants),
+        example_total=_at_least(where, "example_total", message.example_total, 0),
+        bytes_received=_at_least(where, "bytes_received", message.bytes_received, 0),
+        float32_bytes_equivalent=_at_least(
+            where, "float32_bytes_equivalent", message.float32_bytes_equivalent, 0
+        ),
+        wall_time_s=_finite(where, "wall_time_s", message.wall_time_s, minimum=0.0),
+        model_sha256=message.model_sha256,
+        rejections=tuple(rejection_from_proto(r) for r in message.rejections),
+    )
+
+
+# --- Checks ------------------------------------------------------------------------------
+
+
+def _at_least(where: str, field: str, value: int, minimum: int) -> int:
+    if value < minimum:
+        raise InvalidInput(f"{where}: {field} must be at least {minimum}, got {value}")
+    return value
+
+
+def _between(where: str, field: str, value: int, minimum: int, maximum: int) -> int:
+    if not minimum <= value <= maximum:
+        raise InvalidInput(f"{where}: {field} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _example_total(where: str, value: int, cohort_size: int) -> int:
+    """Each silo in the cohort may claim at most MAX_EXAMPLES_PER_SILO."""
+    return _between(where, "example_total", value, 1, MAX_EXAMPLES_PER_SILO * cohort_size)
+
+
+def _finite(where: str, field: str, value: float, *, minimum: float = -math.inf) -> float:
+    if not (math.isfinite(value) and value >= minimum):
+        bound = "" if minimum == -math.inf else f" of at least {minimum}"
+        raise InvalidInput(f"{where}: {field} must be a finite number{bound}, got {value}")
+    return value
+
+
+def _from_float32(value: float) -> float:
+    """The shortest decimal a float32 field stands for: 0.01 reads back as 0.01, not 0.00999999977."""
+    return float(str(np.float32(value)))
+
+
+def _idempotency_key(where: str, key: str) -> str:
+    if not key:
+        raise InvalidInput(f"{where}: idempotency_key is empty")
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise InvalidInput(
+            f"{where}: idempotency_key has {len(key)} characters, at most {MAX_IDEMPOTENCY_KEY_CHARS} allowed"
+        )
+    for position, char in enumerate(key):
+        if not (char.isascii() and char.isprintable()):
+            raise InvalidInput(
+                f"{where}: idempotency_key must be printable ASCII; character {position} is {char!r}"
+            )
+    return key
