@@ -5,16 +5,16 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from jurisfed.config import setting
 from jurisfed.tensors import ModelSpec
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    # FedProx proximal term; 0 disables it.
-    proximal_mu: float = 0.0
+    epochs: int = setting("local epochs each silo trains per round", 2)
+    batch_size: int = setting("local mini-batch size", 16)
+    learning_rate: float = setting("local SGD learning rate", 0.1)
+    proximal_mu: float = setting("FedProx proximal term mu (0 disables it)", 0.0)
 
 
 class RoundState(enum.Enum):

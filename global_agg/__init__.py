@@ -1,0 +1,1 @@
+"""The global aggregator: runs numbered rounds and combines the jurisdictions' aggregates."""

@@ -1,0 +1,3 @@
+from global_agg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""The global aggregator's configuration file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from jurisfed.auth.pki import TlsFiles
+from jurisfed.config import setting
+from jurisfed.rounds import TrainingConfig
+
+
+@dataclass(frozen=True)
+class GlobalConfig:
+    state_dir: Path = setting("directory for versioned checkpoints and state")
+    training: TrainingConfig = setting("local training settings handed to every silo")
+    tls: TlsFiles = setting("mutual TLS files: ca_cert, cert (URI SAN names jurisdiction/tier/node), key")
+    listen: str = setting(
+        "host:port to serve regionals and operators on (port 0 picks a free port)", "127.0.0.1:50051"
+    )
+    ready_file: Path | None = setting("file to write the bound host:port to once serving", None)
+    architecture: str = setting("model architecture, e.g. mlp-64-256-128-10", "mlp-64-256-128-10")
+    seed: int = setting("seed of the initial model weights", 0)
+    rounds: int = setting("rounds to run before the federation finishes", 10)
+    round_deadline_s: float = setting("seconds a round stays open for aggregates", 120.0)
+    expected_jurisdictions: int = setting("jurisdictions to wait for before the first round", 1)
+    start_timeout_s: float = setting(
+        "longest wait for the expected jurisdictions before starting anyway", 300.0
+    )
+    min_jurisdictions: int = setting("quorum: fewest jurisdiction aggregates a round needs to commit", 1)
+    max_message_bytes: int = setting("largest single gRPC message accepted", 2 * 1024 * 1024)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError("rounds must be at least 1")
+        if self.round_deadline_s <= 0:
+            raise ValueError("round_deadline_s must be positive")
+        if self.min_jurisdictions < 1 or self.expected_jurisdictions < 1:
+            raise ValueError("min_jurisdictions and expected_jurisdictions must be at least 1")

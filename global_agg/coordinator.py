@@ -1,0 +1,261 @@
+"""The global aggregator's state and round loop.
+
+Rounds are numbered from 1. Round r starts from the newest committed checkpoint, is announced
+to every regional, accepts one aggregate per jurisdiction until all registered jurisdictions
+have sent theirs or the deadline passes, and then commits checkpoint r (quorum of
+jurisdictions met: the example-weighted mean of their deltas is added to the model) or aborts
+with a reason and leaves the model unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from jurisfed.aggregation.intake import Receipt, RoundIntake
+from jurisfed.auth.identity import Identity, Tier
+from jurisfed.auth.roles import require_tier
+from jurisfed.errors import WrongState
+from jurisfed.rounds import (
+    AggregateHeader,
+    Contribution,
+    RoundAnnouncement,
+    RoundState,
+    RoundSummary,
+    TrainingConfig,
+)
+from jurisfed.store.checkpoints import CheckpointStore
+from jurisfed.tensors import ModelSpec, Weights, add
+from jurisfed.wire.metering import Meter
+from jurisfed.wire.v1 import tensors_pb2
+
+log = logging.getLogger("jurisfed.global")
+
+# Aggregates staged at once; there is one per jurisdiction per round.
+MAX_CONCURRENT_AGGREGATES = 8
+
+
+@dataclass
+class OpenRound:
+    number: int
+    base: Weights
+    base_sha256: str
+    deadline: float  # time.monotonic()
+    intake: RoundIntake
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    rounds: int
+    round_deadline_s: float
+    expected_jurisdictions: int
+    start_timeout_s: float
+    min_jurisdictions: int
+    training: TrainingConfig
+
+
+@dataclass(frozen=True)
+class GlobalSnapshot:
+    current_round: int
+    state: RoundState
+    jurisdictions: tuple[str, ...]
+    rounds: tuple[RoundSummary, ...]
+    contributions: tuple[Contribution, ...]
+
+
+class GlobalCoordinator:
+    def __init__(self, spec: ModelSpec, initial: Weights, store: CheckpointStore, plan: RoundPlan) -> None:
+        self._spec = spec
+        self._store = store
+        self._plan = plan
+        if not store.versions():
+            store.save(0, spec, initial)
+        version = store.versions()[-1]
+        self._model = store.load(version, spec)
+        self._model_sha256 = store.info(version).sha256
+        self._regionals: dict[str, Identity] = {}
+        self._round: OpenRound | None = None
+        self._state = RoundState.WAITING
+        self._history: list[RoundSummary] = []
+        self._contributions: list[Contribution] = []
+        self._changed = threading.Condition()
+
+    # --- regional side -----------------------------------------------------------------------
+
+    def register_regional(self, peer: Identity) -> str:
+        require_tier(peer, Tier.REGIONAL, "register as a regional aggregator")
+        with self._changed:
+            known = self._regionals.get(peer.jurisdiction)
+            if known is not None and known.node != peer.node:
+                log.warning("regional replaced", extra={"jurisdiction": peer.jurisdiction, "old": known.node})
+            self._regionals[peer.jurisdiction] = peer
+            self._changed.notify_all()
+        log.info("regional registered", extra={"jurisdiction": peer.jurisdiction, "node": peer.node})
+        return peer.jurisdiction
+
+    def wait_for_round(self, peer: Identity, after_round: int, max_wait_s: float) -> RoundAnnouncement:
+        self._check_registered(peer)
+        deadline = time.monotonic() + max(0.0, max_wait_s)
+        with self._changed:
+            while True:
+                current = self._round
+                if current is not None and current.number > after_round and current.intake.is_open:
+                    return RoundAnnouncement(
+                        state=RoundState.OPEN,
+                        round=current.number,
+                        model_spec=self._spec,
+                        training=self._plan.training,
+                        deadline_in_s=max(0.0, current.deadline - time.monotonic()),
+                        base_model_sha256=current.base_sha256,
+                    )
+                if self._state is RoundState.FINISHED:
+                    return RoundAnnouncement(RoundState.FINISHED, after_round, None, None, 0.0, "")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return RoundAnnouncement(RoundState.WAITING, after_round, None, None, 0.0, "")
+                self._changed.wait(remaining)
+
+    def base_model(self, peer: Identity, round_number: int) -> tuple[ModelSpec, Weights]:
+        self._check_registered(peer)
+        return self._spec, self._open_round(round_number).base
+
+    def submit_aggregate(
+        self, peer: Identity, header: AggregateHeader, chunks: Iterable[tensors_pb2.TensorChunk], meter: Meter
+    ) -> Receipt:
+        self._check_registered(peer)
+        current = self._open_round(header.round)
+        try:
+            receipt = current.intake.receive(
+                peer.jurisdiction, header.idempotency_key, float(header.example_total), chunks
+            )
+        finally:
+            current.intake.count_bytes(meter.total_bytes)
+        with self._changed:
+            if not receipt.duplicate:
+                self._contributions.append(
+                    Contribution(
+                        round=header.round,
+                        jurisdiction=peer.jurisdiction,
+                        cohort_size=header.cohort_size,
+                        example_total=header.example_total,
+                        bytes_received=meter.total_bytes,
+                        float32_bytes_equivalent=self._spec.float32_bytes,
+                    )
+                )
+            self._changed.notify_all()
+        log.info("aggregate received", extra={"round": header.round, "jurisdiction": peer.jurisdiction})
+        return receipt
+
+    # --- the round loop ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Run the planned rounds, then mark the federation finished."""
+        self._await_jurisdictions(stop)
+        first = (self._history[-1].round + 1) if self._history else 1
+        for number in range(first, self._plan.rounds + 1):
+            if stop.is_set():
+                return
+            self._run_round(number, stop)
+        with self._changed:
+            self._state = RoundState.FINISHED
+            self._changed.notify_all()
+        log.info("federation finished", extra={"rounds": self._plan.rounds})
+
+    def snapshot(self) -> GlobalSnapshot:
+        with self._changed:
+            return GlobalSnapshot(
+                current_round=self._round.number if self._round is not None else 0,
+                state=self._state,
+                jurisdictions=tuple(sorted(self._regionals)),
+                rounds=tuple(self._history),
+                contributions=tuple(self._contributions),
+            )
+
+    def _await_jurisdictions(self, stop: threading.Event) -> None:
+        give_up = time.monotonic() + self._plan.start_timeout_s
+        with self._changed:
+            while len(self._regionals) < self._plan.expected_jurisdictions and not stop.is_set():
+                remaining = give_up - time.monotonic()
+                if remaining <= 0:
+                    log.warning(
+                        "starting without every expected jurisdiction",
+                        extra={
+                            "registered": sorted(self._regionals),
+                            "expected": self._plan.expected_jurisdictions,
+                        },
+                    )
+                    return
+                self._changed.wait(min(remaining, 0.5))
+
+    def _run_round(self, number: int, stop: threading.Event) -> None:
+        intake = RoundIntake(
+            number,
+            self._spec,
+            allowed_encodings=frozenset({tensors_pb2.ENCODING_RAW, tensors_pb2.ENCODING_INT8}),
+            max_concurrent=MAX_CONCURRENT_AGGREGATES,
+        )
+        opened = OpenRound(number, self._model, self._model_sha256, 0.0, intake)
+        opened.deadline = opened.started + self._plan.round_deadline_s
+        with self._changed:
+            self._round = opened
+            self._state = RoundState.OPEN
+            self._changed.notify_all()
+            log.info("round opened", extra={"round": number, "jurisdictions": sorted(self._regionals)})
+            while not stop.is_set():
+                remaining = opened.deadline - time.monotonic()
+                done = len(intake.contributors)
+                if remaining <= 0 or (done >= len(self._regionals) and done >= self._plan.min_jurisdictions):
+                    break
+                self._changed.wait(min(remaining, 0.5))
+        self._close(opened)
+
+    def _close(self, opened: OpenRound) -> None:
+        mean = opened.intake.close()
+        cohort = opened.intake.contributors
+        if mean is None or len(cohort) < self._plan.min_jurisdictions:
+            outcome = (
+                f"aborted: quorum not met ({len(cohort)} of {self._plan.min_jurisdictions} jurisdictions)"
+            )
+            model_sha = self._model_sha256
+        else:
+            model = add(opened.base, mean)
+            info = self._store.save(opened.number, self._spec, model)
+            outcome, model_sha = "committed", info.sha256
+            with self._changed:
+                self._model, self._model_sha256 = model, model_sha
+        summary = RoundSummary(
+            round=opened.number,
+            outcome=outcome,
+            participants=tuple(sorted(cohort)),
+            example_total=int(opened.intake.total_weight),
+            bytes_received=opened.intake.bytes_received,
+            float32_bytes_equivalent=self._spec.float32_bytes * len(cohort),
+            wall_time_s=time.monotonic() - opened.started,
+            model_sha256=model_sha,
+            rejections=opened.intake.rejections,
+        )
+        with self._changed:
+            self._history.append(summary)
+            self._changed.notify_all()
+        log.info(
+            "round closed", extra={"round": opened.number, "outcome": outcome, "jurisdictions": list(cohort)}
+        )
+
+    def _open_round(self, round_number: int) -> OpenRound:
+        with self._changed:
+            current = self._round
+        if current is None or current.number != round_number or not current.intake.is_open:
+            open_now = current.number if current is not None and current.intake.is_open else "none"
+            raise WrongState(f"round {round_number} is not open; the open round is {open_now}")
+        return current
+
+    def _check_registered(self, peer: Identity) -> None:
+        require_tier(peer, Tier.REGIONAL, "take part in global rounds")
+        with self._changed:
+            known = self._regionals.get(peer.jurisdiction)
+        if known is None or known.node != peer.node:
+            raise WrongState(f"regional {peer} must register before anything else")

@@ -1,0 +1,77 @@
+"""The global aggregator's gRPC face toward regionals and operators."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from global_agg.coordinator import GlobalCoordinator
+from jurisfed.auth.identity import Tier, peer_identity
+from jurisfed.auth.roles import require_tier
+from jurisfed.rpc.server import Service
+from jurisfed.wire import serde
+from jurisfed.wire.chunks import encode_tensors, split_stream
+from jurisfed.wire.metering import Meter
+from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, rounds_pb2, tensors_pb2
+
+# Longest a WaitForRound long poll is held, whatever the regional asks for.
+MAX_LONG_POLL_S = 30.0
+
+
+class GlobalServicer(global_pb2_grpc.GlobalAggregatorServicer):
+    def __init__(self, coordinator: GlobalCoordinator) -> None:
+        self._coordinator = coordinator
+
+    def RegisterRegional(
+        self, request: global_pb2.RegisterRegionalRequest, context: grpc.ServicerContext
+    ) -> global_pb2.RegisterRegionalResponse:
+        jurisdiction = self._coordinator.register_regional(peer_identity(context))
+        return global_pb2.RegisterRegionalResponse(jurisdiction=jurisdiction)
+
+    def WaitForRound(
+        self, request: rounds_pb2.WaitForRoundRequest, context: grpc.ServicerContext
+    ) -> rounds_pb2.RoundAnnouncement:
+        remaining = context.time_remaining()
+        budget = MAX_LONG_POLL_S if remaining is None else max(0.0, remaining - 1.0)
+        wait_s = min(max(request.max_wait_s, 0.0), MAX_LONG_POLL_S, budget)
+        announcement = self._coordinator.wait_for_round(peer_identity(context), request.after_round, wait_s)
+        return serde.round_announcement_to_proto(announcement)
+
+    def FetchModel(
+        self, request: rounds_pb2.FetchModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[tensors_pb2.TensorChunk]:
+        spec, weights = self._coordinator.base_model(peer_identity(context), request.round)
+        yield from encode_tensors(spec, weights)
+
+    def SubmitAggregate(
+        self, request_iterator: Iterator[global_pb2.AggregateMessage], context: grpc.ServicerContext
+    ) -> global_pb2.SubmitAggregateResponse:
+        peer = peer_identity(context)
+        meter = Meter()
+        header, chunks = split_stream(meter.wrap(request_iterator))
+        receipt = self._coordinator.submit_aggregate(
+            peer, serde.aggregate_header_from_proto(header), chunks, meter
+        )
+        return global_pb2.SubmitAggregateResponse(accepted=receipt.accepted, duplicate=receipt.duplicate)
+
+    def GetStatus(
+        self, request: global_pb2.GetGlobalStatusRequest, context: grpc.ServicerContext
+    ) -> global_pb2.GlobalStatus:
+        require_tier(peer_identity(context), Tier.OPERATOR, "read the federation's status")
+        snapshot = self._coordinator.snapshot()
+        return global_pb2.GlobalStatus(
+            current_round=snapshot.current_round,
+            state=serde.round_state_to_proto(snapshot.state),
+            registered_jurisdictions=snapshot.jurisdictions,
+            rounds=[serde.round_summary_to_proto(s) for s in snapshot.rounds],
+            contributions=[serde.contribution_to_proto(c) for c in snapshot.contributions],
+        )
+
+
+def global_service(coordinator: GlobalCoordinator) -> Service:
+    servicer = GlobalServicer(coordinator)
+    return Service(
+        name=global_pb2.DESCRIPTOR.services_by_name["GlobalAggregator"].full_name,
+        register=lambda server: global_pb2_grpc.add_GlobalAggregatorServicer_to_server(servicer, server),
+    )

@@ -1,0 +1,128 @@
+"""Contributions to one open round, folded into a streaming weighted mean as they arrive.
+
+Both aggregating tiers use it: the regional for its silos' updates, the global for the
+jurisdictions' aggregates. A contribution is staged in a preallocated buffer while it streams
+in and is added to the mean only once every chunk has been validated, so a stream that fails
+half way (bad chunk, dropped connection) leaves nothing behind. Memory is the accumulator plus
+one staging buffer per concurrent upload, whatever the number of contributors.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from jurisfed.aggregation.streaming_mean import StreamingWeightedMean
+from jurisfed.errors import JurisfedError, TooLarge, WrongState
+from jurisfed.rounds import Rejection
+from jurisfed.tensors import ModelSpec, Weights
+from jurisfed.wire.chunks import TensorAssembler
+from jurisfed.wire.v1 import tensors_pb2
+
+# How long an upload waits for a staging buffer before it is refused as over capacity.
+STAGING_WAIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Receipt:
+    accepted: bool
+    duplicate: bool
+
+
+class RoundIntake:
+    def __init__(
+        self, round_number: int, spec: ModelSpec, *, allowed_encodings: frozenset[int], max_concurrent: int
+    ) -> None:
+        self.round = round_number
+        self.spec = spec
+        self._mean = StreamingWeightedMean(spec)
+        self._free = [
+            TensorAssembler(spec, allowed_encodings=allowed_encodings) for _ in range(max_concurrent)
+        ]
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._lock = threading.Lock()
+        self._contributors: dict[str, str] = {}  # sender -> idempotency key
+        self._weights: dict[str, float] = {}
+        self._rejections: list[Rejection] = []
+        self._bytes_received = 0
+        self._closed = False
+
+    def receive(
+        self, sender: str, key: str, weight: float, chunks: Iterable[tensors_pb2.TensorChunk]
+    ) -> Receipt:
+        """Stage, validate and add one contribution; a retry with the same key is a no-op."""
+        try:
+            with self._lock:
+                self._check_open()
+                if self._contributors.get(sender) == key:
+                    return Receipt(accepted=True, duplicate=True)
+                if sender in self._contributors:
+                    raise WrongState(f"{sender} already contributed to round {self.round}")
+            update = self._stage(chunks)
+            with self._lock:
+                self._check_open()
+                if sender in self._contributors:
+                    return Receipt(accepted=True, duplicate=self._contributors[sender] == key)
+                self._mean.add(update, weight)
+                self._contributors[sender] = key
+                self._weights[sender] = weight
+            return Receipt(accepted=True, duplicate=False)
+        except JurisfedError as error:
+            with self._lock:
+                self._rejections.append(Rejection(sender, error.status.name, str(error)))
+            raise
+
+    def count_bytes(self, size: int) -> None:
+        with self._lock:
+            self._bytes_received += size
+
+    def close(self) -> Weights | None:
+        """Stop accepting; return the weighted mean, or None when nobody contributed."""
+        with self._lock:
+            self._closed = True
+            return self._mean.result() if self._mean.contributors else None
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return not self._closed
+
+    @property
+    def contributors(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._contributors)
+
+    @property
+    def total_weight(self) -> float:
+        with self._lock:
+            return sum(self._weights.values())
+
+    @property
+    def rejections(self) -> tuple[Rejection, ...]:
+        with self._lock:
+            return tuple(self._rejections)
+
+    @property
+    def bytes_received(self) -> int:
+        with self._lock:
+            return self._bytes_received
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise WrongState(f"round {self.round} is closed; the contribution arrived too late")
+
+    def _stage(self, chunks: Iterable[tensors_pb2.TensorChunk]) -> Weights:
+        if not self._slots.acquire(timeout=STAGING_WAIT_S):
+            raise TooLarge(f"too many concurrent uploads to round {self.round}; retry later")
+        with self._lock:
+            assembler = self._free.pop()
+        try:
+            assembler.reset()
+            for chunk in chunks:
+                assembler.add(chunk)
+            return assembler.finish()
+        finally:
+            with self._lock:
+                self._free.append(assembler)
+            self._slots.release()

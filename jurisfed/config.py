@@ -1,0 +1,144 @@
+"""One configuration file per process, validated at start-up into a frozen dataclass.
+
+Every field of the dataclass is a key of the YAML file; nested dataclasses are nested
+mappings. Any key may be overridden by an environment variable named after its path:
+`JURISFED_<PREFIX>_<FIELD>[_<NESTED FIELD>]`, upper case (e.g. JURISFED_REGIONAL_LISTEN,
+JURISFED_GLOBAL_TRAINING_EPOCHS). Unknown keys, missing required keys and values of the
+wrong type are ConfigErrors that name the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from jurisfed.errors import ConfigError
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def setting(help: str, default: Any = dataclasses.MISSING) -> Any:
+    """A config field with the sentence `--help` and the configuration reference show for it."""
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def load_config(cls: type[T], path: Path | None, *, env_prefix: str, environ: Mapping[str, str]) -> T:
+    """Read `path` (YAML; None means defaults only), apply environment overrides, validate."""
+    raw: object = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    base = path.parent if path is not None else Path.cwd()
+    return _build(cls, raw, f"JURISFED_{env_prefix.upper()}", environ, "", base)
+
+
+def _build(
+    cls: type[T], raw: dict[str, Any], env_key: str, environ: Mapping[str, str], where: str, base: Path
+) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(where + k for k in unknown)}; known: {sorted(fields)}"
+        )
+    values: dict[str, Any] = {}
+    for name, field in fields.items():
+        key = f"{where}{name}"
+        field_type = hints[name]
+        var = f"{env_key}_{name.upper()}"
+        if dataclasses.is_dataclass(field_type):
+            nested = raw.get(name, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(f"config key {key} must be a mapping")
+            values[name] = _build(field_type, nested, var, environ, f"{key}.", base)  # type: ignore[arg-type]
+        elif var in environ:
+            values[name] = _parse(field_type, environ[var], f"{key} (from ${var})", base)
+        elif name in raw:
+            values[name] = _parse(field_type, raw[name], key, base)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"config key {key} is required (or set ${var})")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"invalid configuration{' in ' + where.rstrip('.') if where else ''}: {error}"
+        ) from error
+
+
+def _parse(field_type: Any, value: Any, key: str, base: Path) -> Any:
+    origin = typing.get_origin(field_type)
+    if origin in (typing.Union, types.UnionType):
+        options = [t for t in typing.get_args(field_type) if t is not type(None)]
+        if value is None or value == "":
+            return None
+        return _parse(options[0], value, key, base)
+    if origin is tuple:
+        (item_type, _) = typing.get_args(field_type)
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"config key {key} must be a list")
+        return tuple(
+            _parse(item_type, item.strip() if isinstance(item, str) else item, key, base) for item in items
+        )
+    if field_type is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in _TRUE | _FALSE:
+            return str(value).lower() in _TRUE
+        raise ConfigError(f"config key {key} must be true or false, not {value!r}")
+    if field_type is Path:
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else base / path
+    if field_type in (int, float, str):
+        if isinstance(value, bool) or (field_type is str and not isinstance(value, str | int | float)):
+            raise ConfigError(f"config key {key} must be a {field_type.__name__}, not {value!r}")
+        try:
+            return field_type(value)
+        except ValueError:
+            raise ConfigError(f"config key {key} must be a {field_type.__name__}, not {value!r}") from None
+    raise ConfigError(f"config key {key} has an unsupported type {field_type}")
+
+
+def describe(cls: type[Any], env_prefix: str) -> str:
+    """A plain listing of every key, its type, default and environment variable, for --help."""
+    lines: list[str] = []
+
+    def walk(kind: type[Any], where: str, var: str) -> None:
+        hints = typing.get_type_hints(kind)
+        for field in dataclasses.fields(kind):
+            field_type = hints[field.name]
+            key, env = f"{where}{field.name}", f"{var}_{field.name.upper()}"
+            if dataclasses.is_dataclass(field_type):
+                walk(field_type, f"{key}.", env)  # type: ignore[arg-type]
+                continue
+            if field.default is not dataclasses.MISSING:
+                default = f"default {field.default!r}"
+            elif field.default_factory is not dataclasses.MISSING:
+                default = f"default {field.default_factory()!r}"
+            else:
+                default = "required"
+            type_name = getattr(field_type, "__name__", str(field_type).replace("typing.", ""))
+            lines.append(f"  {key} ({type_name}, {default}; ${env})")
+            if field.metadata.get("help"):
+                lines.append(f"      {field.metadata['help']}")
+
+    walk(cls, "", f"JURISFED_{env_prefix.upper()}")
+    return "\n".join(lines)

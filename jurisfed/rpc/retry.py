@@ -1,0 +1,43 @@
+"""Client-side calls that ride out transient failures: backoff on UNAVAILABLE and friends,
+give up (logged) on a real refusal, stop when the process is stopping.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+
+from jurisfed.errors import JurisfedError
+
+T = TypeVar("T")
+
+# Delays between attempts: grows to the last value, then stays there.
+BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+
+
+def with_retry(what: str, action: Callable[[], T], *, stop: threading.Event, log: logging.Logger) -> T | None:
+    """Run `action` until it succeeds; None if it was refused, or `stop` was set first."""
+    attempt = 0
+    while not stop.is_set():
+        try:
+            return action()
+        except grpc.RpcError as error:
+            code = error.code()
+            if code not in RETRYABLE:
+                log.error("%s refused: %s %s", what, code.name, error.details())
+                return None
+            delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+            log.warning("cannot %s (%s); retrying in %.1f s", what, code.name, delay)
+            attempt += 1
+            stop.wait(delay)
+        except JurisfedError as error:
+            log.error("cannot %s: %s", what, error)
+            return None
+    return None

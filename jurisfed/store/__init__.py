@@ -1,0 +1,1 @@
+"""Embedded, durable state of a tier: files on its own disk, no external service."""

@@ -1,0 +1,1 @@
+"""The regional aggregator: aggregates its jurisdiction's silos and forwards only aggregates."""

@@ -1,0 +1,3 @@
+from regional.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,264 @@
+"""The regional aggregator's state: its silos, the open local round and the rounds behind it.
+
+The servicer (silo side) and the upstream loop (global side) both act through this class; it
+holds no gRPC objects. A local round opens when the global announces one, takes silo updates
+until every registered silo has contributed or the local deadline passes, and then either
+commits (quorum met: the mean delta becomes the jurisdiction's personalized model and is
+handed upstream) or aborts with a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from jurisfed.aggregation.intake import Receipt, RoundIntake
+from jurisfed.auth.identity import Identity, Tier
+from jurisfed.auth.roles import require_tier
+from jurisfed.errors import InvalidInput, NotAllowed, NotFound, WrongState
+from jurisfed.rounds import RoundAnnouncement, RoundState, RoundSummary, TrainingConfig, UpdateHeader
+from jurisfed.store.checkpoints import CheckpointStore
+from jurisfed.tensors import ModelSpec, Weights, add, weights_sha256
+from jurisfed.wire.metering import Meter
+from jurisfed.wire.v1 import tensors_pb2
+
+log = logging.getLogger("jurisfed.regional")
+
+
+@dataclass(frozen=True)
+class SiloRecord:
+    silo_id: str
+    example_count: int
+    schema_sha256: str
+    code_version: str
+
+
+@dataclass
+class LocalRound:
+    number: int
+    spec: ModelSpec
+    training: TrainingConfig
+    base: Weights
+    base_sha256: str
+    deadline: float  # time.monotonic()
+    intake: RoundIntake
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class ClosedRound:
+    number: int
+    mean_delta: Weights | None  # None when the round aborted
+    cohort_size: int
+    example_total: int
+    reason: str
+
+
+class RegionalAggregator:
+    def __init__(
+        self, identity: Identity, store: CheckpointStore, *, min_silos: int, max_concurrent_uploads: int
+    ):
+        self.identity = identity
+        self._personalized = store
+        self._min_silos = min_silos
+        self._max_concurrent = max_concurrent_uploads
+        self._silos: dict[str, SiloRecord] = {}
+        self._round: LocalRound | None = None
+        self._history: list[RoundSummary] = []
+        self._finished = False
+        self._changed = threading.Condition()
+
+    @property
+    def jurisdiction(self) -> str:
+        return self.identity.jurisdiction
+
+    # --- silo side -------------------------------------------------------------------------
+
+    def register_silo(self, peer: Identity, example_count: int, schema_sha256: str, code_version: str) -> str:
+        self._check_own_silo(peer)
+        if example_count < 1:
+            raise InvalidInput(f"a silo must hold at least one example, {peer.node} declared {example_count}")
+        with self._changed:
+            self._silos[peer.node] = SiloRecord(peer.node, example_count, schema_sha256, code_version)
+            self._changed.notify_all()
+        log.info("silo registered", extra={"silo": peer.node, "examples": example_count})
+        return peer.node
+
+    def wait_for_task(self, peer: Identity, after_round: int, max_wait_s: float) -> RoundAnnouncement:
+        self._check_registered(peer)
+        deadline = time.monotonic() + max(0.0, max_wait_s)
+        with self._changed:
+            while True:
+                current = self._round
+                if (
+                    current is not None
+                    and current.number > after_round
+                    and current.intake.is_open
+                    and time.monotonic() < current.deadline
+                ):
+                    return RoundAnnouncement(
+                        state=RoundState.OPEN,
+                        round=current.number,
+                        model_spec=current.spec,
+                        training=current.training,
+                        deadline_in_s=current.deadline - time.monotonic(),
+                        base_model_sha256=current.base_sha256,
+                    )
+                if self._finished:
+                    return RoundAnnouncement(RoundState.FINISHED, after_round, None, None, 0.0, "")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return RoundAnnouncement(RoundState.WAITING, after_round, None, None, 0.0, "")
+                self._changed.wait(remaining)
+
+    def base_model(self, peer: Identity, round_number: int) -> tuple[ModelSpec, Weights]:
+        self._check_registered(peer)
+        current = self._open_round(round_number)
+        return current.spec, current.base
+
+    def personalized_model(self, peer: Identity, round_number: int) -> tuple[ModelSpec, Weights]:
+        """The jurisdiction's model of `round_number` (0: the newest); only for its own silos."""
+        self._check_registered(peer)
+        with self._changed:
+            committed = [s.round for s in self._history if s.outcome == "committed"]
+            spec = self._round.spec if self._round is not None else None
+        if not committed or spec is None:
+            raise NotFound("no personalized model has been committed yet")
+        version = round_number or committed[-1]
+        if version not in committed:
+            raise NotFound(f"no personalized model for round {version}; committed rounds: {committed}")
+        return spec, self._personalized.load(version, spec)
+
+    def submit_update(
+        self, peer: Identity, header: UpdateHeader, chunks: Iterable[tensors_pb2.TensorChunk], meter: Meter
+    ) -> Receipt:
+        record = self._check_registered(peer)
+        if header.example_count > record.example_count:
+            raise InvalidInput(
+                f"update claims {header.example_count} examples; "
+                f"{peer.node} registered {record.example_count}"
+            )
+        current = self._open_round(header.round)
+        try:
+            receipt = current.intake.receive(
+                peer.node, header.idempotency_key, float(header.example_count), chunks
+            )
+        finally:
+            current.intake.count_bytes(meter.total_bytes)
+        with self._changed:
+            self._changed.notify_all()
+        return receipt
+
+    # --- upstream side -----------------------------------------------------------------------
+
+    def open_round(
+        self, number: int, spec: ModelSpec, training: TrainingConfig, base: Weights, deadline_in_s: float
+    ) -> None:
+        intake = RoundIntake(
+            number,
+            spec,
+            allowed_encodings=frozenset({tensors_pb2.ENCODING_RAW}),
+            max_concurrent=self._max_concurrent,
+        )
+        local = LocalRound(number, spec, training, base, weights_sha256(spec, base), 0.0, intake)
+        local.deadline = local.started + deadline_in_s
+        with self._changed:
+            self._round = local
+            self._changed.notify_all()
+        log.info("round opened", extra={"round": number, "deadline_s": round(deadline_in_s, 1)})
+
+    def wait_for_quorum_of_silos(self, stop: threading.Event) -> None:
+        """Block until at least `min_silos` silos registered: before that no round could commit."""
+        with self._changed:
+            while len(self._silos) < self._min_silos and not stop.is_set():
+                self._changed.wait(0.5)
+
+    def wait_for_close(self, stop: threading.Event) -> ClosedRound:
+        """Block until every registered silo contributed, the deadline passed or `stop` is set."""
+        with self._changed:
+            current = self._round
+            if current is None:
+                raise WrongState("no local round is open")
+            while not stop.is_set():
+                remaining = current.deadline - time.monotonic()
+                done = len(current.intake.contributors)
+                if remaining <= 0 or (done >= len(self._silos) and done >= self._min_silos):
+                    break
+                self._changed.wait(min(remaining, 0.5))
+        return self._close(current)
+
+    def finish(self) -> None:
+        with self._changed:
+            self._finished = True
+            self._changed.notify_all()
+
+    def history(self) -> list[RoundSummary]:
+        with self._changed:
+            return list(self._history)
+
+    def silos(self) -> list[str]:
+        with self._changed:
+            return sorted(self._silos)
+
+    def current_round(self) -> int:
+        with self._changed:
+            return self._round.number if self._round is not None else 0
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _close(self, current: LocalRound) -> ClosedRound:
+        mean = current.intake.close()
+        cohort = current.intake.contributors
+        examples = int(current.intake.total_weight)
+        if mean is None or len(cohort) < self._min_silos:
+            reason = f"aborted: quorum not met ({len(cohort)} of {self._min_silos} silos)"
+            model_sha = ""
+            mean = None
+        else:
+            reason = "committed"
+            personalized = add(current.base, mean)
+            model_sha = self._personalized.save(current.number, current.spec, personalized).sha256
+        summary = RoundSummary(
+            round=current.number,
+            outcome=reason,
+            participants=tuple(sorted(cohort)),
+            example_total=examples,
+            bytes_received=current.intake.bytes_received,
+            float32_bytes_equivalent=current.spec.float32_bytes * len(cohort),
+            wall_time_s=time.monotonic() - current.started,
+            model_sha256=model_sha,
+            rejections=current.intake.rejections,
+        )
+        with self._changed:
+            self._history.append(summary)
+            self._changed.notify_all()
+        log.info("round closed", extra={"round": current.number, "outcome": reason, "silos": len(cohort)})
+        return ClosedRound(current.number, mean, len(cohort), examples, reason)
+
+    def _open_round(self, round_number: int) -> LocalRound:
+        with self._changed:
+            current = self._round
+        if current is None:
+            raise WrongState(f"round {round_number} is not open; no round has started yet")
+        if current.number != round_number:
+            raise WrongState(f"round {round_number} is not open; the open round is {current.number}")
+        return current
+
+    def _check_own_silo(self, peer: Identity) -> None:
+        require_tier(peer, Tier.SILO, "use a regional aggregator's silo service")
+        if peer.jurisdiction != self.jurisdiction:
+            raise NotAllowed(
+                f"silo {peer.node} belongs to jurisdiction {peer.jurisdiction}; "
+                f"this regional serves only {self.jurisdiction}"
+            )
+
+    def _check_registered(self, peer: Identity) -> SiloRecord:
+        self._check_own_silo(peer)
+        with self._changed:
+            record = self._silos.get(peer.node)
+        if record is None:
+            raise WrongState(f"silo {peer.node} must register before anything else")
+        return record

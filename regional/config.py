@@ -1,0 +1,37 @@
+"""The regional aggregator's configuration file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from jurisfed.auth.pki import TlsFiles
+from jurisfed.config import setting
+
+
+@dataclass(frozen=True)
+class RegionalConfig:
+    jurisdiction: str = setting("jurisdiction this regional serves; must match its certificate")
+    global_address: str = setting("host:port of the global aggregator")
+    state_dir: Path = setting("directory for personalized models and state")
+    tls: TlsFiles = setting("mutual TLS files: ca_cert, cert (URI SAN names jurisdiction/tier/node), key")
+    listen: str = setting("host:port to serve silos on (port 0 picks a free port)", "127.0.0.1:50061")
+    ready_file: Path | None = setting("file to write the bound host:port to once serving", None)
+    min_silos: int = setting(
+        "quorum: fewest silo updates a round needs before it is forwarded; the regional joins the "
+        "federation once this many silos have registered",
+        2,
+    )
+    forward_margin_s: float = setting(
+        "seconds before the global deadline at which the local round closes", 10.0
+    )
+    max_concurrent_uploads: int = setting("silo uploads staged at once; more wait, then are refused", 4)
+    max_message_bytes: int = setting("largest single gRPC message accepted", 2 * 1024 * 1024)
+
+    def __post_init__(self) -> None:
+        if self.min_silos < 1:
+            raise ValueError("min_silos must be at least 1")
+        if self.max_concurrent_uploads < 1:
+            raise ValueError("max_concurrent_uploads must be at least 1")
+        if self.forward_margin_s < 0:
+            raise ValueError("forward_margin_s must not be negative")

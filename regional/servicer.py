@@ -1,0 +1,85 @@
+"""The regional's gRPC face toward its silos: decode, authenticate, delegate, encode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from jurisfed.auth.identity import Tier, peer_identity
+from jurisfed.auth.roles import require_tier
+from jurisfed.rpc.server import Service
+from jurisfed.wire import serde
+from jurisfed.wire.chunks import encode_tensors, split_stream
+from jurisfed.wire.metering import Meter
+from jurisfed.wire.v1 import regional_pb2, regional_pb2_grpc, rounds_pb2, tensors_pb2
+from regional.aggregator import RegionalAggregator
+
+# Longest a WaitForTask long poll is held, whatever the silo asks for.
+MAX_LONG_POLL_S = 30.0
+
+
+class RegionalServicer(regional_pb2_grpc.RegionalAggregatorServicer):
+    def __init__(self, aggregator: RegionalAggregator) -> None:
+        self._aggregator = aggregator
+
+    def RegisterSilo(
+        self, request: regional_pb2.RegisterSiloRequest, context: grpc.ServicerContext
+    ) -> regional_pb2.RegisterSiloResponse:
+        silo_id = self._aggregator.register_silo(
+            peer_identity(context), request.example_count, request.schema_sha256, request.code_version
+        )
+        return regional_pb2.RegisterSiloResponse(silo_id=silo_id, jurisdiction=self._aggregator.jurisdiction)
+
+    def WaitForTask(
+        self, request: rounds_pb2.WaitForRoundRequest, context: grpc.ServicerContext
+    ) -> rounds_pb2.RoundAnnouncement:
+        wait_s = min(max(request.max_wait_s, 0.0), MAX_LONG_POLL_S, _time_left(context))
+        announcement = self._aggregator.wait_for_task(peer_identity(context), request.after_round, wait_s)
+        return serde.round_announcement_to_proto(announcement)
+
+    def FetchModel(
+        self, request: rounds_pb2.FetchModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[tensors_pb2.TensorChunk]:
+        spec, weights = self._aggregator.base_model(peer_identity(context), request.round)
+        yield from encode_tensors(spec, weights)
+
+    def FetchPersonalizedModel(
+        self, request: rounds_pb2.FetchModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[tensors_pb2.TensorChunk]:
+        spec, weights = self._aggregator.personalized_model(peer_identity(context), request.round)
+        yield from encode_tensors(spec, weights)
+
+    def SubmitUpdate(
+        self, request_iterator: Iterator[regional_pb2.UpdateMessage], context: grpc.ServicerContext
+    ) -> regional_pb2.SubmitUpdateResponse:
+        peer = peer_identity(context)
+        meter = Meter()
+        header, chunks = split_stream(meter.wrap(request_iterator))
+        receipt = self._aggregator.submit_update(peer, serde.update_header_from_proto(header), chunks, meter)
+        return regional_pb2.SubmitUpdateResponse(accepted=receipt.accepted, duplicate=receipt.duplicate)
+
+    def GetStatus(
+        self, request: regional_pb2.GetRegionalStatusRequest, context: grpc.ServicerContext
+    ) -> regional_pb2.RegionalStatus:
+        require_tier(peer_identity(context), Tier.OPERATOR, "read the regional's status")
+        return regional_pb2.RegionalStatus(
+            jurisdiction=self._aggregator.jurisdiction,
+            current_round=self._aggregator.current_round(),
+            registered_silos=self._aggregator.silos(),
+            rounds=[serde.round_summary_to_proto(s) for s in self._aggregator.history()],
+        )
+
+
+def regional_service(aggregator: RegionalAggregator) -> Service:
+    servicer = RegionalServicer(aggregator)
+    return Service(
+        name=regional_pb2.DESCRIPTOR.services_by_name["RegionalAggregator"].full_name,
+        register=lambda server: regional_pb2_grpc.add_RegionalAggregatorServicer_to_server(servicer, server),
+    )
+
+
+def _time_left(context: grpc.ServicerContext) -> float:
+    remaining = context.time_remaining()
+    # Answer a little before the caller's deadline so the answer reaches it.
+    return MAX_LONG_POLL_S if remaining is None else max(0.0, remaining - 1.0)

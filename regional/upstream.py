@@ -1,0 +1,123 @@
+"""The regional's link to the global aggregator: it dials out, follows the global's rounds,
+runs each one locally and forwards the int8-compressed aggregate delta.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from functools import partial
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from jurisfed import __version__
+from jurisfed.rounds import AggregateHeader, RoundAnnouncement, RoundState
+from jurisfed.rpc.channel import DEFAULT_DEADLINE_S
+from jurisfed.rpc.retry import with_retry
+from jurisfed.tensors import ModelSpec, Weights
+from jurisfed.wire import serde
+from jurisfed.wire.chunks import encode_tensors
+from jurisfed.wire.models import receive_model
+from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, rounds_pb2, tensors_pb2
+from regional.aggregator import ClosedRound, RegionalAggregator
+
+log = logging.getLogger("jurisfed.regional.upstream")
+T = TypeVar("T")
+
+LONG_POLL_S = 20.0
+
+
+class Upstream:
+    def __init__(
+        self,
+        aggregator: RegionalAggregator,
+        channel: grpc.Channel,
+        *,
+        forward_margin_s: float,
+        stop: threading.Event,
+    ) -> None:
+        self._aggregator = aggregator
+        self._stub = global_pb2_grpc.GlobalAggregatorStub(channel)
+        self._margin_s = forward_margin_s
+        self._stop = stop
+        self._rng = np.random.default_rng(secrets.randbits(128))
+
+    def run(self) -> None:
+        """Follow the global's rounds until it says the federation finished or `stop` is set."""
+        self._aggregator.wait_for_quorum_of_silos(self._stop)
+        self._call("register with the global aggregator", self._register)
+        last_round = 0
+        while not self._stop.is_set():
+            announcement = self._call("wait for a round", partial(self._wait_for_round, last_round))
+            if announcement is None or announcement.state is RoundState.FINISHED:
+                break
+            if announcement.state is RoundState.WAITING:
+                continue
+            last_round = announcement.round
+            self._run_round(announcement)
+        self._aggregator.finish()
+        log.info("upstream finished", extra={"last_round": last_round})
+
+    def _register(self) -> None:
+        response = self._stub.RegisterRegional(
+            global_pb2.RegisterRegionalRequest(code_version=__version__), timeout=DEFAULT_DEADLINE_S
+        )
+        log.info("registered with the global aggregator", extra={"jurisdiction": response.jurisdiction})
+
+    def _wait_for_round(self, after_round: int) -> RoundAnnouncement:
+        request = rounds_pb2.WaitForRoundRequest(after_round=after_round, max_wait_s=LONG_POLL_S)
+        return serde.round_announcement_from_proto(self._stub.WaitForRound(request, timeout=LONG_POLL_S + 10))
+
+    def _run_round(self, announcement: RoundAnnouncement) -> None:
+        assert announcement.model_spec is not None
+        assert announcement.training is not None
+        local_deadline_s = announcement.deadline_in_s - self._margin_s
+        if local_deadline_s <= 0:
+            log.warning("joined round too late to take part", extra={"round": announcement.round})
+            return
+        base = self._call("fetch the round's model", lambda: self._fetch_model(announcement))
+        if base is None:
+            return
+        self._aggregator.open_round(
+            announcement.round, announcement.model_spec, announcement.training, base, local_deadline_s
+        )
+        closed = self._aggregator.wait_for_close(self._stop)
+        if closed.mean_delta is None:
+            log.warning("round not forwarded", extra={"round": closed.number, "reason": closed.reason})
+            return
+        key = f"{self._aggregator.jurisdiction}-{closed.number}-{secrets.token_hex(8)}"
+        self._call(
+            "submit the aggregate",
+            lambda: self._submit(closed, announcement.model_spec, key, self._margin_s),  # type: ignore[arg-type]
+        )
+
+    def _fetch_model(self, announcement: RoundAnnouncement) -> Weights:
+        assert announcement.model_spec is not None
+        request = rounds_pb2.FetchModelRequest(round=announcement.round)
+        chunks = self._stub.FetchModel(request, timeout=DEFAULT_DEADLINE_S)
+        return receive_model(chunks, announcement.model_spec, announcement.base_model_sha256)
+
+    def _submit(self, closed: ClosedRound, spec: ModelSpec, key: str, timeout_s: float) -> None:
+        assert closed.mean_delta is not None
+        delta: Weights = closed.mean_delta
+        header = serde.aggregate_header_to_proto(
+            AggregateHeader(closed.number, closed.cohort_size, closed.example_total, key)
+        )
+
+        def messages() -> Iterator[global_pb2.AggregateMessage]:
+            yield global_pb2.AggregateMessage(header=header)
+            for chunk in encode_tensors(spec, delta, encoding=tensors_pb2.ENCODING_INT8, rng=self._rng):
+                yield global_pb2.AggregateMessage(chunk=chunk)
+
+        response = self._stub.SubmitAggregate(messages(), timeout=max(timeout_s, 1.0))
+        log.info(
+            "aggregate forwarded",
+            extra={"round": closed.number, "silos": closed.cohort_size, "duplicate": response.duplicate},
+        )
+
+    def _call(self, what: str, action: Callable[[], T]) -> T | None:
+        return with_retry(what, action, stop=self._stop, log=log)
