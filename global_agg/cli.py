@@ -82,6 +82,7 @@ def run(config: GlobalConfig, stop: threading.Event) -> None:
         write_ready_file(config.ready_file, server.address)
         log.info("serving", extra={"address": server.address, "identity": str(identity)})
         stop.wait()
+        coordinator.shutdown()
         server.stop(grace_s=5.0)
         rounds.join(timeout=5.0)
     log.info("stopped")

@@ -77,9 +77,12 @@ class GlobalCoordinator:
         version = store.versions()[-1]
         self._model = store.load(version, spec)
         self._model_sha256 = store.info(version).sha256
+        # Round r commits checkpoint r, so a restarted global goes on after its newest one.
+        self._first_round = version + 1
         self._regionals: dict[str, Identity] = {}
         self._round: OpenRound | None = None
         self._state = RoundState.WAITING
+        self._stopping = False
         self._history: list[RoundSummary] = []
         self._contributions: list[Contribution] = []
         self._changed = threading.Condition()
@@ -115,7 +118,7 @@ class GlobalCoordinator:
                 if self._state is RoundState.FINISHED:
                     return RoundAnnouncement(RoundState.FINISHED, after_round, None, None, 0.0, "")
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._stopping:
                     return RoundAnnouncement(RoundState.WAITING, after_round, None, None, 0.0, "")
                 self._changed.wait(remaining)
 
@@ -155,8 +158,7 @@ class GlobalCoordinator:
     def run(self, stop: threading.Event) -> None:
         """Run the planned rounds, then mark the federation finished."""
         self._await_jurisdictions(stop)
-        first = (self._history[-1].round + 1) if self._history else 1
-        for number in range(first, self._plan.rounds + 1):
+        for number in range(self._first_round, self._plan.rounds + 1):
             if stop.is_set():
                 return
             self._run_round(number, stop)
@@ -164,6 +166,12 @@ class GlobalCoordinator:
             self._state = RoundState.FINISHED
             self._changed.notify_all()
         log.info("federation finished", extra={"rounds": self._plan.rounds})
+
+    def shutdown(self) -> None:
+        """Answer every waiting long poll now, so the server can drain promptly."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
 
     def snapshot(self) -> GlobalSnapshot:
         with self._changed:

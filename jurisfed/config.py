@@ -46,7 +46,23 @@ def load_config(cls: type[T], path: Path | None, *, env_prefix: str, environ: Ma
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     base = path.parent if path is not None else Path.cwd()
-    return _build(cls, raw, f"JURISFED_{env_prefix.upper()}", environ, "", base)
+    prefix = f"JURISFED_{env_prefix.upper()}"
+    known = set(_env_names(cls, prefix))
+    misspelt = sorted(name for name in environ if name.startswith(prefix + "_") and name not in known)
+    if misspelt:
+        raise ConfigError(f"unknown environment variable(s) {', '.join(misspelt)}; known: {sorted(known)}")
+    return _build(cls, raw, prefix, environ, "", base)
+
+
+def _env_names(cls: type[Any], prefix: str) -> list[str]:
+    """Every environment variable that overrides a key of `cls`."""
+    hints = typing.get_type_hints(cls)
+    names: list[str] = []
+    for field in dataclasses.fields(cls):
+        name = f"{prefix}_{field.name.upper()}"
+        nested = hints[field.name]
+        names += _env_names(nested, name) if dataclasses.is_dataclass(nested) else [name]
+    return names
 
 
 def _build(
@@ -105,16 +121,39 @@ def _parse(field_type: Any, value: Any, key: str, base: Path) -> Any:
             return str(value).lower() in _TRUE
         raise ConfigError(f"config key {key} must be true or false, not {value!r}")
     if field_type is Path:
-        path = Path(str(value)).expanduser()
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"config key {key} must be a path, not {value!r}")
+        path = Path(value).expanduser()
         return path if path.is_absolute() else base / path
-    if field_type in (int, float, str):
-        if isinstance(value, bool) or (field_type is str and not isinstance(value, str | int | float)):
-            raise ConfigError(f"config key {key} must be a {field_type.__name__}, not {value!r}")
-        try:
-            return field_type(value)
-        except ValueError:
-            raise ConfigError(f"config key {key} must be a {field_type.__name__}, not {value!r}") from None
+    if field_type is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"config key {key} must be a string, not {value!r}")
+        return str(value)
+    if field_type in (int, float):
+        return _number(field_type, value, key)
     raise ConfigError(f"config key {key} has an unsupported type {field_type}")
+
+
+def _number(kind: type[int] | type[float], value: Any, key: str) -> int | float:
+    """An int or float from YAML or an environment string; 2.5 is no int, and True no number."""
+    wrong = ConfigError(
+        f"config key {key} must be {'an integer' if kind is int else 'a number'}, not {value!r}"
+    )
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise wrong
+    try:
+        number = float(value) if kind is float else _whole(value)
+    except ValueError:
+        raise wrong from None
+    return number
+
+
+def _whole(value: str | int | float) -> int:
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    return int(value)
 
 
 def describe(cls: type[Any], env_prefix: str) -> str:
@@ -127,6 +166,8 @@ def describe(cls: type[Any], env_prefix: str) -> str:
             field_type = hints[field.name]
             key, env = f"{where}{field.name}", f"{var}_{field.name.upper()}"
             if dataclasses.is_dataclass(field_type):
+                if field.metadata.get("help"):
+                    lines.append(f"  {key}: {field.metadata['help']}")
                 walk(field_type, f"{key}.", env)  # type: ignore[arg-type]
                 continue
             if field.default is not dataclasses.MISSING:
@@ -135,10 +176,20 @@ def describe(cls: type[Any], env_prefix: str) -> str:
                 default = f"default {field.default_factory()!r}"
             else:
                 default = "required"
-            type_name = getattr(field_type, "__name__", str(field_type).replace("typing.", ""))
+            type_name = _type_name(field_type)
             lines.append(f"  {key} ({type_name}, {default}; ${env})")
             if field.metadata.get("help"):
                 lines.append(f"      {field.metadata['help']}")
 
     walk(cls, "", f"JURISFED_{env_prefix.upper()}")
     return "\n".join(lines)
+
+
+def _type_name(field_type: Any) -> str:
+    """'int', 'Path', 'Path, optional', 'tuple of str' — for people, not for Python."""
+    arguments = [t for t in typing.get_args(field_type) if t is not type(None) and t is not Ellipsis]
+    if typing.get_origin(field_type) in (typing.Union, types.UnionType):
+        return f"{_type_name(arguments[0])}, optional"
+    if typing.get_origin(field_type) is tuple:
+        return f"tuple of {_type_name(arguments[0])}"
+    return str(getattr(field_type, "__name__", field_type))

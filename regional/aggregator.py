@@ -69,6 +69,7 @@ class RegionalAggregator:
         self._round: LocalRound | None = None
         self._history: list[RoundSummary] = []
         self._finished = False
+        self._stopping = False
         self._changed = threading.Condition()
 
     @property
@@ -110,7 +111,7 @@ class RegionalAggregator:
                 if self._finished:
                     return RoundAnnouncement(RoundState.FINISHED, after_round, None, None, 0.0, "")
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._stopping:
                     return RoundAnnouncement(RoundState.WAITING, after_round, None, None, 0.0, "")
                 self._changed.wait(remaining)
 
@@ -189,6 +190,12 @@ class RegionalAggregator:
                     break
                 self._changed.wait(min(remaining, 0.5))
         return self._close(current)
+
+    def shutdown(self) -> None:
+        """Answer every waiting long poll now, so the server can drain promptly."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
 
     def finish(self) -> None:
         with self._changed:

@@ -76,7 +76,8 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
         write_ready_file(config.ready_file, server.address)
         log.info("serving", extra={"address": server.address, "identity": str(identity)})
         stop.wait()
+        aggregator.shutdown()
         server.stop(grace_s=5.0)
+        channel.close()  # cancels the upstream's long poll
         follower.join(timeout=5.0)
-        channel.close()
     log.info("stopped")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 import secrets
-from functools import partial
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TypeVar
 
 import grpc

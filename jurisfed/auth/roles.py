@@ -9,4 +9,4 @@ from jurisfed.errors import NotAllowed
 def require_tier(peer: Identity, tier: Tier, action: str) -> None:
     """Raise NotAllowed unless the authenticated `peer` belongs to `tier`."""
     if peer.tier is not tier:
-        raise NotAllowed(f"{peer} may not {action}; only a {tier.value} may")
+        raise NotAllowed(f"{peer} may not {action}; only {tier.value}s may")

@@ -29,6 +29,8 @@ def with_retry(what: str, action: Callable[[], T], *, stop: threading.Event, log
         try:
             return action()
         except grpc.RpcError as error:
+            if stop.is_set():
+                return None  # the process is stopping; its channel was closed under the call
             code = error.code()
             if code not in RETRYABLE:
                 log.error("%s refused: %s %s", what, code.name, error.details())

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,13 @@ class CheckpointStore:
 
     def load(self, version: int, spec: ModelSpec) -> Weights:
         info = self.info(version)
-        with np.load(self._path(version, ".npz"), allow_pickle=False) as archive:
-            weights: Weights = {t.name: archive[t.name].astype(np.float32, copy=False) for t in spec.tensors}
+        try:
+            with np.load(self._path(version, ".npz"), allow_pickle=False) as archive:
+                weights: Weights = {
+                    t.name: archive[t.name].astype(np.float32, copy=False) for t in spec.tensors
+                }
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            raise NotFound(f"checkpoint {version} in {self._directory} is corrupted: {error}") from error
         spec.check(weights)
         if weights_sha256(spec, weights) != info.sha256:
             raise NotFound(f"checkpoint {version} in {self._directory} does not match its recorded hash")

@@ -1,0 +1,3 @@
+from silo.cli import main
+
+raise SystemExit(main())

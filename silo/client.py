@@ -1,0 +1,139 @@
+"""The silo's round loop: dial the regional, wait for a task, train, stream the delta back.
+
+Only the silo dials; nothing dials into it. Transient failures (regional restarting, network)
+are retried with backoff; a refusal (round closed, invalid update) is logged and the silo
+moves on to the next round, so one bad round never stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+import grpc
+
+from jurisfed import __version__
+from jurisfed.modeling.mlp import Mlp
+from jurisfed.rounds import RoundAnnouncement, RoundState, UpdateHeader
+from jurisfed.rpc.channel import DEFAULT_DEADLINE_S
+from jurisfed.rpc.retry import with_retry
+from jurisfed.tensors import ModelSpec, Weights
+from jurisfed.wire import serde
+from jurisfed.wire.chunks import encode_tensors
+from jurisfed.wire.models import receive_model
+from jurisfed.wire.v1 import regional_pb2, regional_pb2_grpc, rounds_pb2
+from silo.data import LocalDataset, schema_sha256
+from silo.trainer import train
+
+log = logging.getLogger("jurisfed.silo")
+T = TypeVar("T")
+
+LONG_POLL_S = 20.0
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    round: int
+    accepted: bool
+    train_loss: float
+
+
+class SiloClient:
+    def __init__(
+        self, channel: grpc.Channel, dataset: LocalDataset, *, seed: int, stop: threading.Event
+    ) -> None:
+        self._stub = regional_pb2_grpc.RegionalAggregatorStub(channel)
+        self._dataset = dataset
+        self._seed = seed
+        self._stop = stop
+
+    def run(self) -> list[RoundReport]:
+        """Take part in rounds until the federation finishes or `stop` is set."""
+        self._call("register", self._register)
+        reports: list[RoundReport] = []
+        last_round = 0
+        while not self._stop.is_set():
+            announcement = self._call("wait for a task", partial(self._wait_for_task, last_round))
+            if announcement is None or announcement.state is RoundState.FINISHED:
+                break
+            if announcement.state is RoundState.WAITING:
+                continue
+            last_round = announcement.round
+            report = self._take_part(announcement)
+            if report is not None:
+                reports.append(report)
+        log.info("federation finished", extra={"rounds_taken": len(reports)})
+        return reports
+
+    def _register(self) -> None:
+        response = self._stub.RegisterSilo(
+            regional_pb2.RegisterSiloRequest(
+                example_count=len(self._dataset.labels),
+                schema_sha256=schema_sha256(self._dataset),
+                code_version=__version__,
+            ),
+            timeout=DEFAULT_DEADLINE_S,
+        )
+        log.info("registered", extra={"silo_id": response.silo_id, "jurisdiction": response.jurisdiction})
+
+    def _wait_for_task(self, after_round: int) -> RoundAnnouncement:
+        request = rounds_pb2.WaitForRoundRequest(after_round=after_round, max_wait_s=LONG_POLL_S)
+        return serde.round_announcement_from_proto(self._stub.WaitForTask(request, timeout=LONG_POLL_S + 10))
+
+    def _take_part(self, announcement: RoundAnnouncement) -> RoundReport | None:
+        spec, training = announcement.model_spec, announcement.training
+        assert spec is not None
+        assert training is not None
+        deadline = time.monotonic() + announcement.deadline_in_s
+        start = self._call(
+            "fetch the model", lambda: self._fetch_model(announcement.round, spec, announcement)
+        )
+        if start is None:
+            return None
+        began = time.monotonic()
+        result = train(
+            Mlp.parse(spec.architecture), start, self._dataset, training, seed=self._seed + announcement.round
+        )
+        log.info(
+            "trained",
+            extra={
+                "round": announcement.round,
+                "loss": round(result.train_loss, 4),
+                "s": round(time.monotonic() - began, 2),
+            },
+        )
+        header = UpdateHeader(
+            round=announcement.round,
+            example_count=result.example_count,
+            idempotency_key=f"{announcement.round}-{secrets.token_hex(8)}",
+            train_loss=result.train_loss,
+        )
+        accepted = self._call(
+            "submit the update", lambda: self._submit(spec, header, result.delta, deadline - time.monotonic())
+        )
+        return RoundReport(announcement.round, bool(accepted), result.train_loss)
+
+    def _fetch_model(self, round_number: int, spec: ModelSpec, announcement: RoundAnnouncement) -> Weights:
+        chunks = self._stub.FetchModel(
+            rounds_pb2.FetchModelRequest(round=round_number), timeout=DEFAULT_DEADLINE_S
+        )
+        return receive_model(chunks, spec, announcement.base_model_sha256)
+
+    def _submit(self, spec: ModelSpec, header: UpdateHeader, delta: Weights, timeout_s: float) -> bool:
+        def messages() -> Iterator[regional_pb2.UpdateMessage]:
+            yield regional_pb2.UpdateMessage(header=serde.update_header_to_proto(header))
+            for chunk in encode_tensors(spec, delta):
+                yield regional_pb2.UpdateMessage(chunk=chunk)
+
+        response = self._stub.SubmitUpdate(messages(), timeout=max(timeout_s, 1.0))
+        log.info("update accepted", extra={"round": header.round, "duplicate": response.duplicate})
+        return bool(response.accepted)
+
+    def _call(self, what: str, action: Callable[[], T]) -> T | None:
+        return with_retry(what, action, stop=self._stop, log=log)

@@ -1,0 +1,19 @@
+"""The silo trainer's configuration file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from jurisfed.auth.pki import TlsFiles
+from jurisfed.config import setting
+
+
+@dataclass(frozen=True)
+class SiloConfig:
+    jurisdiction: str = setting("jurisdiction this silo's data belongs to; must match its certificate")
+    regional_address: str = setting("host:port of this jurisdiction's regional aggregator")
+    data: Path = setting("local training data: .npz (arrays features, labels) or .csv (a label column)")
+    tls: TlsFiles = setting("mutual TLS files: ca_cert, cert (URI SAN names jurisdiction/tier/node), key")
+    seed: int = setting("seed of local training (shuffling, dropout)", 0)
+    connect_timeout_s: float = setting("how long to wait for the regional to be reachable at start", 120.0)

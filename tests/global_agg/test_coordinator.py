@@ -1,0 +1,434 @@
+"""The global aggregator over real mTLS gRPC: regionals of different jurisdictions register,
+follow numbered rounds, send int8 aggregates, and the committed model is the example-weighted
+mean of what they sent, written as a checkpoint whose hash the next round announces."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from global_agg.coordinator import GlobalCoordinator, RoundPlan
+from global_agg.servicer import global_service
+from jurisfed.auth.identity import Identity, Tier
+from jurisfed.auth.pki import issue
+from jurisfed.rounds import TrainingConfig
+from jurisfed.rpc.channel import open_channel
+from jurisfed.rpc.server import serve
+from jurisfed.store.checkpoints import CheckpointStore
+from jurisfed.tensors import ModelSpec, TensorSpec, Weights, add, weights_sha256
+from jurisfed.wire.chunks import encode_tensors
+from jurisfed.wire.models import receive_model
+from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, rounds_pb2, tensors_pb2
+
+SPEC = ModelSpec("test-mlp", (TensorSpec("dense/kernel", (64, 16)), TensorSpec("dense/bias", (16,))))
+_RNG = np.random.default_rng(0)
+INITIAL: Weights = {t.name: _RNG.standard_normal(t.shape).astype(np.float32) for t in SPEC.tensors}
+INITIAL_SHA256 = weights_sha256(SPEC, INITIAL)
+TRAINING = TrainingConfig(epochs=1, batch_size=4, learning_rate=0.05, proximal_mu=0.0)
+PLAN = RoundPlan(
+    rounds=1,
+    round_deadline_s=30.0,  # tests that need the deadline to pass shorten it
+    expected_jurisdictions=1,
+    start_timeout_s=5.0,
+    min_jurisdictions=1,
+    training=TRAINING,
+)
+CALL_TIMEOUT_S = 10.0
+
+Stub = global_pb2_grpc.GlobalAggregatorStub
+
+
+class Federation:
+    """A global aggregator served over mTLS, its round loop and its checkpoint store."""
+
+    def __init__(self, pki: Path, tmp: Path, coordinator: GlobalCoordinator, store: CheckpointStore) -> None:
+        self._pki, self._tmp = pki, tmp
+        self.coordinator, self.store = coordinator, store
+        self.address = ""
+        self.stop = threading.Event()
+        self._rounds: threading.Thread | None = None
+        self._channels: list[grpc.Channel] = []
+
+    def start_rounds(self) -> None:
+        self._rounds = threading.Thread(target=self.coordinator.run, args=(self.stop,), daemon=True)
+        self._rounds.start()
+
+    def stub(self, identity: Identity) -> Stub:
+        directory = self._tmp / "peers" / f"{identity.jurisdiction}-{identity.tier.value}-{identity.node}"
+        channel = open_channel(self.address, issue(self._pki, identity, directory))
+        self._channels.append(channel)
+        return Stub(channel)
+
+    def regional(self, jurisdiction: str, node: str | None = None) -> Stub:
+        """A regional of `jurisdiction`, registered."""
+        stub = self.stub(Identity(jurisdiction, Tier.REGIONAL, node or f"regional-{jurisdiction.lower()}"))
+        response = stub.RegisterRegional(
+            global_pb2.RegisterRegionalRequest(code_version="test"), timeout=CALL_TIMEOUT_S
+        )
+        assert response.jurisdiction == jurisdiction
+        return stub
+
+    def status(self) -> global_pb2.GlobalStatus:
+        operator = self.stub(Identity("EU", Tier.OPERATOR, "ops"))
+        return operator.GetStatus(global_pb2.GetGlobalStatusRequest(), timeout=CALL_TIMEOUT_S)
+
+    def close(self) -> None:
+        self.stop.set()
+        if self._rounds is not None:
+            self._rounds.join(timeout=10)
+            assert not self._rounds.is_alive(), "the round loop did not stop"
+        for channel in self._channels:
+            channel.close()
+
+
+StartGlobal = Callable[..., Federation]
+
+
+@pytest.fixture
+def start_global(pki: Path, tmp_path: Path) -> Iterator[StartGlobal]:
+    """Serve a global aggregator whose RoundPlan is PLAN with the given changes."""
+    with ExitStack() as stack:
+
+        def start(store: CheckpointStore | None = None, **changes: object) -> Federation:
+            tls = issue(pki, Identity("GLOBAL", Tier.GLOBAL, "global"), tmp_path / "global-tls")
+            store = store or CheckpointStore(tmp_path / "checkpoints")
+            coordinator = GlobalCoordinator(SPEC, INITIAL, store, dataclasses.replace(PLAN, **changes))
+            federation = Federation(pki, tmp_path, coordinator, store)
+            server = stack.enter_context(serve([global_service(coordinator)], tls))
+            server.set_serving(True)
+            federation.address = server.address
+            stack.callback(federation.close)
+            return federation
+
+        yield start
+
+
+def wait_for_round(stub: Stub, after_round: int, max_wait_s: float = 10.0) -> rounds_pb2.RoundAnnouncement:
+    request = rounds_pb2.WaitForRoundRequest(after_round=after_round, max_wait_s=max_wait_s)
+    return stub.WaitForRound(request, timeout=max_wait_s + 5.0)
+
+
+def fetch(stub: Stub, announcement: rounds_pb2.RoundAnnouncement) -> Weights:
+    chunks = stub.FetchModel(rounds_pb2.FetchModelRequest(round=announcement.round), timeout=CALL_TIMEOUT_S)
+    return receive_model(chunks, SPEC, announcement.base_model_sha256)
+
+
+def random_delta(seed: int, size: float = 0.1) -> Weights:
+    rng = np.random.default_rng(seed)
+    return {t.name: (size * rng.standard_normal(t.shape)).astype(np.float32) for t in SPEC.tensors}
+
+
+def constant_delta(value: float) -> Weights:
+    return {t.name: np.full(t.shape, value, dtype=np.float32) for t in SPEC.tensors}
+
+
+def submit(
+    stub: Stub, round_number: int, delta: Weights, *, examples: int, key: str, cohort: int = 2
+) -> global_pb2.SubmitAggregateResponse:
+    """Send `delta` as a regional does: a header, then INT8 chunks."""
+    header = global_pb2.AggregateHeader(
+        round=round_number, cohort_size=cohort, example_total=examples, idempotency_key=key
+    )
+    chunks = encode_tensors(
+        SPEC, delta, encoding=tensors_pb2.ENCODING_INT8, rng=np.random.default_rng(len(key))
+    )
+    messages = [global_pb2.AggregateMessage(header=header)]
+    messages += [global_pb2.AggregateMessage(chunk=chunk) for chunk in chunks]
+    return stub.SubmitAggregate(iter(messages), timeout=CALL_TIMEOUT_S)
+
+
+def refused(call: Callable[[], object]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as error:
+        call()
+    assert "Traceback" not in error.value.details()
+    return error.value
+
+
+def one_step(*deltas: Weights) -> dict[str, float]:
+    """Per tensor, the largest int8 quantization step among `deltas` (max |x| / 127)."""
+    return {name: max(float(np.abs(d[name]).max()) for d in deltas) / 127 for name in deltas[0]}
+
+
+# --- rounds --------------------------------------------------------------------------------
+
+
+def test_the_committed_model_is_the_base_plus_the_example_weighted_mean_of_the_int8_deltas(
+    start_global: StartGlobal,
+) -> None:
+    federation = start_global(rounds=2, expected_jurisdictions=2, min_jurisdictions=2)
+    eu, us = federation.regional("EU"), federation.regional("US")
+    federation.start_rounds()
+
+    first = wait_for_round(eu, after_round=0)
+    assert (first.state, first.round) == (rounds_pb2.ROUND_STATE_OPEN, 1)
+    assert first.base_model_sha256 == INITIAL_SHA256
+    assert [t.name for t in first.model_spec.tensors] == ["dense/kernel", "dense/bias"]
+    assert (first.training.epochs, first.training.batch_size) == (1, 4)
+    assert 0 < first.deadline_in_s <= PLAN.round_deadline_s
+    base = fetch(us, first)
+    np.testing.assert_array_equal(base["dense/kernel"], INITIAL["dense/kernel"])
+
+    eu_delta, us_delta = random_delta(1), random_delta(2, size=0.3)
+    assert submit(eu, 1, eu_delta, examples=300, key="eu-1").accepted
+    assert submit(us, 1, us_delta, examples=100, key="us-1").accepted
+
+    second = wait_for_round(eu, after_round=1)
+    assert (second.state, second.round) == (rounds_pb2.ROUND_STATE_OPEN, 2)
+    assert federation.store.versions() == [0, 1]
+    assert second.base_model_sha256 == federation.store.info(1).sha256
+    committed = federation.store.load(1, SPEC)
+    step = one_step(eu_delta, us_delta)
+    for name in committed:
+        expected = INITIAL[name] + (300 * eu_delta[name] + 100 * us_delta[name]) / 400
+        np.testing.assert_allclose(committed[name], expected, rtol=0, atol=step[name] + 1e-6)
+    # What the next round hands out is exactly checkpoint 1 (receive_model checks the hash).
+    np.testing.assert_array_equal(fetch(eu, second)["dense/bias"], committed["dense/bias"])
+
+
+def test_a_round_closes_as_soon_as_every_registered_jurisdiction_submitted(start_global: StartGlobal) -> None:
+    federation = start_global(round_deadline_s=60.0, expected_jurisdictions=2)
+    eu, us = federation.regional("EU"), federation.regional("US")
+    federation.start_rounds()
+    wait_for_round(eu, after_round=0)
+
+    submit(eu, 1, random_delta(1), examples=10, key="eu-1")
+    submit(us, 1, random_delta(2), examples=10, key="us-1")
+    sent = time.monotonic()
+    finished = wait_for_round(eu, after_round=1)
+
+    assert finished.state == rounds_pb2.ROUND_STATE_FINISHED
+    assert time.monotonic() - sent < 5.0  # nowhere near the 60 s deadline
+    [summary] = federation.status().rounds
+    assert summary.outcome == "committed"
+    assert summary.wall_time_s < 30.0
+
+
+def test_below_quorum_at_the_deadline_the_round_aborts_and_the_model_stays(start_global: StartGlobal) -> None:
+    federation = start_global(rounds=2, round_deadline_s=1.5, expected_jurisdictions=2, min_jurisdictions=2)
+    eu, _us = federation.regional("EU"), federation.regional("US")
+    federation.start_rounds()
+    wait_for_round(eu, after_round=0)
+    submit(eu, 1, random_delta(1), examples=10, key="eu-1")
+
+    second = wait_for_round(eu, after_round=1)
+
+    assert (second.state, second.round) == (rounds_pb2.ROUND_STATE_OPEN, 2)
+    assert second.base_model_sha256 == INITIAL_SHA256
+    assert federation.store.versions() == [0]
+    [summary] = federation.status().rounds
+    assert summary.outcome == "aborted: quorum not met (1 of 2 jurisdictions)"
+    assert list(summary.participants) == ["EU"]
+    assert summary.model_sha256 == INITIAL_SHA256
+    np.testing.assert_array_equal(fetch(eu, second)["dense/kernel"], INITIAL["dense/kernel"])
+
+
+def test_the_first_round_waits_for_the_expected_jurisdictions(start_global: StartGlobal) -> None:
+    federation = start_global(expected_jurisdictions=2, start_timeout_s=30.0)
+    eu = federation.regional("EU")
+    federation.start_rounds()
+    assert wait_for_round(eu, after_round=0, max_wait_s=0.5).state == rounds_pb2.ROUND_STATE_WAITING
+
+    federation.regional("US")
+    announcement = wait_for_round(eu, after_round=0, max_wait_s=5.0)
+    assert (announcement.state, announcement.round) == (rounds_pb2.ROUND_STATE_OPEN, 1)
+
+
+def test_the_first_round_starts_without_a_missing_jurisdiction_after_the_start_timeout(
+    start_global: StartGlobal,
+) -> None:
+    federation = start_global(expected_jurisdictions=2, start_timeout_s=0.5)
+    eu = federation.regional("EU")
+    federation.start_rounds()
+    announcement = wait_for_round(eu, after_round=0, max_wait_s=5.0)
+    assert (announcement.state, announcement.round) == (rounds_pb2.ROUND_STATE_OPEN, 1)
+
+
+def test_after_the_planned_rounds_the_federation_is_finished(start_global: StartGlobal) -> None:
+    federation = start_global(rounds=1)
+    eu = federation.regional("EU")
+    federation.start_rounds()
+    wait_for_round(eu, after_round=0)
+    submit(eu, 1, random_delta(1), examples=10, key="eu-1")
+
+    assert wait_for_round(eu, after_round=1).state == rounds_pb2.ROUND_STATE_FINISHED
+    assert wait_for_round(eu, after_round=0).state == rounds_pb2.ROUND_STATE_FINISHED
+    status = federation.status()
+    assert (status.state, status.current_round) == (rounds_pb2.ROUND_STATE_FINISHED, 1)
+    assert federation.store.versions() == [0, 1]
+
+
+def test_a_restarted_global_goes_on_after_its_newest_checkpoint(
+    start_global: StartGlobal, tmp_path: Path
+) -> None:
+    store = CheckpointStore(tmp_path / "checkpoints")
+    store.save(0, SPEC, INITIAL)
+    info = store.save(1, SPEC, add(INITIAL, constant_delta(0.5)))  # what the previous run committed
+    federation = start_global(store=store, rounds=3)
+    eu = federation.regional("EU")
+    federation.start_rounds()
+
+    announcement = wait_for_round(eu, after_round=0)
+    assert announcement.base_model_sha256 == info.sha256
+    assert announcement.round == 2
+
+
+# --- aggregates ----------------------------------------------------------------------------
+
+
+def test_an_aggregate_for_a_round_that_is_not_open_fails_its_precondition(start_global: StartGlobal) -> None:
+    federation = start_global()
+    eu = federation.regional("EU")
+
+    early = refused(lambda: submit(eu, 1, random_delta(1), examples=10, key="eu-1"))
+    assert early.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert early.details() == "round 1 is not open; the open round is none"
+    assert wait_for_round(eu, after_round=0, max_wait_s=0.2).state == rounds_pb2.ROUND_STATE_WAITING
+
+    federation.start_rounds()
+    wait_for_round(eu, after_round=0)
+    wrong = refused(lambda: submit(eu, 2, random_delta(1), examples=10, key="eu-2"))
+    assert wrong.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert wrong.details() == "round 2 is not open; the open round is 1"
+    stale = refused(
+        lambda: list(eu.FetchModel(rounds_pb2.FetchModelRequest(round=7), timeout=CALL_TIMEOUT_S))
+    )
+    assert stale.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "round 7 is not open" in stale.details()
+
+
+def test_a_resubmitted_aggregate_counts_once(start_global: StartGlobal) -> None:
+    federation = start_global(expected_jurisdictions=2)
+    eu, us = federation.regional("EU"), federation.regional("US")
+    federation.start_rounds()
+    wait_for_round(eu, after_round=0)
+
+    first = submit(eu, 1, constant_delta(1.0), examples=100, key="eu-round-1")
+    again = submit(eu, 1, constant_delta(1.0), examples=100, key="eu-round-1")  # a retry after a lost reply
+    assert (first.accepted, first.duplicate) == (True, False)
+    assert (again.accepted, again.duplicate) == (True, True)
+    submit(us, 1, constant_delta(3.0), examples=100, key="us-round-1")
+    assert wait_for_round(eu, after_round=1).state == rounds_pb2.ROUND_STATE_FINISHED
+
+    committed = federation.store.load(1, SPEC)
+    # Counted once: (1 + 3) / 2 = 2; counted twice it would be (1 + 1 + 3) / 3.
+    np.testing.assert_allclose(committed["dense/bias"], INITIAL["dense/bias"] + 2.0, atol=1e-5)
+    status = federation.status()
+    assert [c.jurisdiction for c in status.contributions] == ["EU", "US"]
+    assert status.rounds[0].example_total == 200
+
+
+def test_a_second_different_aggregate_from_a_jurisdiction_is_refused(start_global: StartGlobal) -> None:
+    federation = start_global(expected_jurisdictions=2)
+    eu, us = federation.regional("EU"), federation.regional("US")
+    federation.start_rounds()
+    wait_for_round(eu, after_round=0)
+
+    submit(eu, 1, constant_delta(1.0), examples=100, key="eu-a")
+    second = refused(lambda: submit(eu, 1, constant_delta(9.0), examples=900, key="eu-b"))
+    assert second.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert second.details() == "EU already contributed to round 1"
+    submit(us, 1, constant_delta(3.0), examples=100, key="us-a")
+    wait_for_round(eu, after_round=1)
+
+    committed = federation.store.load(1, SPEC)
+    np.testing.assert_allclose(committed["dense/bias"], INITIAL["dense/bias"] + 2.0, atol=1e-5)
+    [summary] = federation.status().rounds
+    assert [(r.sender, r.code) for r in summary.rejections] == [("EU", "FAILED_PRECONDITION")]
+
+
+# --- who may do what -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        Identity("EU", Tier.SILO, "hospital-a"),
+        Identity("EU", Tier.OPERATOR, "ops"),
+        Identity("GLOBAL", Tier.GLOBAL, "another-global"),
+    ],
+    ids=["silo", "operator", "global"],
+)
+def test_only_a_regional_certificate_may_register_or_submit(
+    start_global: StartGlobal, identity: Identity
+) -> None:
+    federation = start_global()
+    federation.regional("EU")
+    federation.start_rounds()
+    intruder = federation.stub(identity)
+
+    register = refused(lambda: intruder.RegisterRegional(global_pb2.RegisterRegionalRequest(), timeout=10))
+    assert register.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert register.details() == f"{identity} may not register as a regional aggregator; only regionals may"
+    for call in (
+        lambda: submit(intruder, 1, random_delta(1), examples=10, key="x"),
+        lambda: wait_for_round(intruder, after_round=0, max_wait_s=0.1),
+        lambda: list(intruder.FetchModel(rounds_pb2.FetchModelRequest(round=1), timeout=10)),
+    ):
+        error = refused(call)
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "only regionals may" in error.details()
+    assert list(federation.status().registered_jurisdictions) == ["EU"]
+
+
+def test_an_unregistered_regional_cannot_wait_fetch_or_submit(start_global: StartGlobal) -> None:
+    federation = start_global()
+    eu = federation.regional("EU")
+    federation.start_rounds()
+    wait_for_round(eu, after_round=0)
+
+    strangers = [
+        federation.stub(Identity("US", Tier.REGIONAL, "regional-us")),
+        # Same jurisdiction, another node: EU's registered regional is regional-eu.
+        federation.stub(Identity("EU", Tier.REGIONAL, "regional-eu-2")),
+    ]
+    for stranger in strangers:
+        for call in (
+            lambda s=stranger: wait_for_round(s, after_round=0, max_wait_s=0.1),
+            lambda s=stranger: list(s.FetchModel(rounds_pb2.FetchModelRequest(round=1), timeout=10)),
+            lambda s=stranger: submit(s, 1, random_delta(1), examples=10, key="x"),
+        ):
+            error = refused(call)
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "must register before anything else" in error.details()
+    assert list(federation.status().contributions) == []
+
+
+def test_status_needs_an_operator_and_reports_rounds_and_contributions(start_global: StartGlobal) -> None:
+    federation = start_global(expected_jurisdictions=2)
+    eu, us = federation.regional("EU"), federation.regional("US")
+    for caller in (eu, federation.stub(Identity("EU", Tier.SILO, "hospital-a"))):
+        error = refused(lambda c=caller: c.GetStatus(global_pb2.GetGlobalStatusRequest(), timeout=10))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "may not read the federation's status" in error.details()
+    federation.start_rounds()
+    wait_for_round(eu, after_round=0)
+    submit(eu, 1, random_delta(1), examples=300, key="eu-1", cohort=3)
+    submit(us, 1, random_delta(2), examples=100, key="us-1", cohort=1)
+    wait_for_round(eu, after_round=1)
+
+    status = federation.status()
+    assert status.current_round == 1
+    assert list(status.registered_jurisdictions) == ["EU", "US"]
+    [summary] = status.rounds
+    assert (summary.round, summary.outcome, list(summary.participants)) == (1, "committed", ["EU", "US"])
+    assert summary.example_total == 400
+    assert summary.model_sha256 == federation.store.info(1).sha256
+    assert summary.float32_bytes_equivalent == 2 * SPEC.float32_bytes
+    contributions = {c.jurisdiction: c for c in status.contributions}
+    assert [(c.round, c.cohort_size, c.example_total) for c in contributions.values()] == [
+        (1, 3, 300),
+        (1, 1, 100),
+    ]
+    for contribution in contributions.values():
+        assert contribution.float32_bytes_equivalent == SPEC.float32_bytes
+        # int8 is a quarter of float32, plus headers and framing.
+        assert SPEC.total_elements < contribution.bytes_received < SPEC.float32_bytes / 3
+    assert summary.bytes_received == sum(c.bytes_received for c in contributions.values())
