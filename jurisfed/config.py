@@ -61,7 +61,11 @@ def _env_names(cls: type[Any], prefix: str) -> list[str]:
     for field in dataclasses.fields(cls):
         name = f"{prefix}_{field.name.upper()}"
         nested = hints[field.name]
-        names += _env_names(nested, name) if dataclasses.is_dataclass(nested) else [name]
+        names += (
+            _env_names(nested, name)
+            if isinstance(nested, type) and dataclasses.is_dataclass(nested)
+            else [name]
+        )
     return names
 
 
