@@ -10,7 +10,8 @@ one staging buffer per concurrent upload, whatever the number of contributors.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from jurisfed.aggregation.streaming_mean import StreamingWeightedMean
@@ -59,14 +60,17 @@ class RoundIntake:
                     return Receipt(accepted=True, duplicate=True)
                 if sender in self._contributors:
                     raise WrongState(f"{sender} already contributed to round {self.round}")
-            update = self._stage(chunks)
-            with self._lock:
-                self._check_open()
-                if sender in self._contributors:
-                    return Receipt(accepted=True, duplicate=self._contributors[sender] == key)
-                self._mean.add(update, weight)
-                self._contributors[sender] = key
-                self._weights[sender] = weight
+            with self._staging() as assembler:
+                for chunk in chunks:
+                    assembler.add(chunk)
+                update = assembler.staged()
+                with self._lock:
+                    self._check_open()
+                    if sender in self._contributors:
+                        return Receipt(accepted=True, duplicate=self._contributors[sender] == key)
+                    self._mean.add(update, weight)
+                    self._contributors[sender] = key
+                    self._weights[sender] = weight
             return Receipt(accepted=True, duplicate=False)
         except JurisfedError as error:
             with self._lock:
@@ -81,6 +85,7 @@ class RoundIntake:
         """Stop accepting; return the weighted mean, or None when nobody contributed."""
         with self._lock:
             self._closed = True
+            self._free.clear()
             return self._mean.result() if self._mean.contributors else None
 
     @property
@@ -112,17 +117,18 @@ class RoundIntake:
         if self._closed:
             raise WrongState(f"round {self.round} is closed; the contribution arrived too late")
 
-    def _stage(self, chunks: Iterable[tensors_pb2.TensorChunk]) -> Weights:
+    @contextmanager
+    def _staging(self) -> Iterator[TensorAssembler]:
+        """A staging buffer for one upload; folded from in place, then handed back."""
         if not self._slots.acquire(timeout=STAGING_WAIT_S):
             raise TooLarge(f"too many concurrent uploads to round {self.round}; retry later")
         with self._lock:
             assembler = self._free.pop()
         try:
             assembler.reset()
-            for chunk in chunks:
-                assembler.add(chunk)
-            return assembler.finish()
+            yield assembler
         finally:
             with self._lock:
-                self._free.append(assembler)
+                if not self._closed:  # a closed round lets its staging memory go
+                    self._free.append(assembler)
             self._slots.release()

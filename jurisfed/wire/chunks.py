@@ -215,16 +215,23 @@ class TensorAssembler:
         tensor.started = True
         self._payload_bytes += len(data)
 
-    def finish(self) -> Weights:
-        """The complete weights in spec order; InvalidInput naming what is missing otherwise."""
+    def staged(self) -> Weights:
+        """The complete weights as views of this assembler's buffers, valid until reset().
+
+        For folding an update straight into an accumulator without copying it first;
+        InvalidInput naming what is missing when the stream is incomplete.
+        """
         if self._finished:
             raise RuntimeError("the stream was finished; reset() before the next one")
         incomplete = [tensor.progress() for tensor in self._tensors.values() if not tensor.complete]
         if incomplete:
             raise InvalidInput(f"stream ended before these tensors were complete: {', '.join(incomplete)}")
-        weights: Weights = {}
+        return {tensor.name: tensor.values.reshape(tensor.shape) for tensor in self._tensors.values()}
+
+    def finish(self) -> Weights:
+        """The complete weights in spec order, owned by the caller from now on."""
+        weights = self.staged()
         for tensor in self._tensors.values():
-            weights[tensor.name] = tensor.values.reshape(tensor.shape)
             # The caller owns the filled buffer now; the fresh one is only touched when written.
             tensor.values = np.empty(tensor.size, dtype=np.float32)
         self._finished = True

@@ -70,6 +70,31 @@ def test_raw_round_trip_is_exact_for_odd_sizes() -> None:
         np.testing.assert_array_equal(received[name], values)
 
 
+def test_staged_weights_are_the_assemblers_own_buffers_until_the_next_stream() -> None:
+    first, second = random_weights(ODD_SIZES, seed=1), random_weights(ODD_SIZES, seed=2)
+    assembler = TensorAssembler(ODD_SIZES, allowed_encodings=BOTH)
+    for chunk in encode_tensors(ODD_SIZES, first):
+        assembler.add(chunk)
+    staged = assembler.staged()
+    for name, values in first.items():
+        np.testing.assert_array_equal(staged[name], values)
+
+    assembler.reset()
+    for chunk in encode_tensors(ODD_SIZES, second):
+        assembler.add(chunk)
+    restaged = assembler.staged()
+    name = ODD_SIZES.tensors[-1].name
+    assert np.shares_memory(staged[name], restaged[name])  # no fresh allocation per stream
+    np.testing.assert_array_equal(restaged[name], second[name])
+
+
+def test_staging_an_incomplete_stream_names_what_is_missing() -> None:
+    assembler = TensorAssembler(TINY, allowed_encodings=BOTH)
+    assembler.add(tiny_chunks()[0])
+    with pytest.raises(InvalidInput, match="stream ended before these tensors were complete"):
+        assembler.staged()
+
+
 def test_int8_round_trip_is_within_one_quantization_step() -> None:
     weights = random_weights(ODD_SIZES)
 
