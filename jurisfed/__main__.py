@@ -1,0 +1,3 @@
+from jurisfed.cli import main
+
+raise SystemExit(main())

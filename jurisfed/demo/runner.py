@@ -1,0 +1,329 @@
+"""`jurisfed demo`: a whole federation on this machine, trained on non-IID digits.
+
+One global aggregator, one regional aggregator per jurisdiction and its silos run as separate
+OS processes talking gRPC over mutual TLS on localhost. The demo plays the operator: it
+provisions certificates, writes each process its config, watches the rounds through the
+operator status RPCs, evaluates every committed checkpoint on held-out data and writes the
+results. The held-out test splits stand in for each jurisdiction's own evaluation data; in a
+real deployment they never leave the jurisdiction either.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from jurisfed.auth.identity import Identity, Tier
+from jurisfed.auth.pki import TlsFiles, create_ca, issue
+from jurisfed.demo.fleet import Fleet, FleetError, Member
+from jurisfed.demo.partition import DEFAULT_TEST_FRACTION, DEMO_TRAINING, Partition, partition_digits
+from jurisfed.demo.report import DemoResults, RoundResult
+from jurisfed.errors import ConfigError, NotFound
+from jurisfed.modeling.mlp import DIGITS_MLP
+from jurisfed.rpc.channel import open_channel
+from jurisfed.store.checkpoints import CheckpointStore
+from jurisfed.tensors import Weights
+from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, regional_pb2, regional_pb2_grpc, rounds_pb2
+
+GLOBAL = Identity("GLOBAL", Tier.GLOBAL, "global-1")
+OPERATOR = Identity("GLOBAL", Tier.OPERATOR, "demo-operator")
+MARKER = ".jurisfed-demo"
+STATUS_DEADLINE_S = 10.0
+HEARTBEAT_S = 10.0
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    out_dir: Path
+    rounds: int
+    jurisdictions: tuple[str, ...]
+    silos_per_jurisdiction: int
+    alpha: float
+    seed: int
+    round_deadline_s: float
+    start_timeout_s: float
+
+
+def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> DemoResults:
+    out = _prepare(settings.out_dir)
+    say(
+        f"partitioning the digits data over {len(settings.jurisdictions)} jurisdictions "
+        f"(Dirichlet alpha {settings.alpha})"
+    )
+    partition = partition_digits(
+        out / "data",
+        settings.jurisdictions,
+        settings.silos_per_jurisdiction,
+        alpha=settings.alpha,
+        seed=settings.seed,
+        test_fraction=DEFAULT_TEST_FRACTION,
+    )
+    say("provisioning a federation CA and a certificate for every node")
+    pki = _Pki(out / "pki")
+    fleet = Fleet(out)
+    try:
+        members = _start_federation(settings, partition, pki, fleet, say)
+        results = _watch(settings, partition, pki, fleet, members, say)
+        say("federation finished; shutting every process down")
+        fleet.wait_for_exit(members["silos"], timeout_s=60.0)
+        fleet.stop(members["regionals"] + members["global"])
+    finally:
+        fleet.stop()
+    failures = fleet.failures()
+    if failures:
+        raise FleetError("\n".join(failures))
+    return results
+
+
+class _Pki:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.ca = create_ca(directory / "ca")
+
+    def node(self, identity: Identity) -> TlsFiles:
+        return issue(
+            self.ca,
+            identity,
+            self.directory / f"{identity.jurisdiction}-{identity.tier.value}-{identity.node}",
+        )
+
+
+def _prepare(out: Path) -> Path:
+    """An empty output directory; only a directory a previous demo made is ever cleared."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise ConfigError(f"{out} exists and was not made by `jurisfed demo`; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by jurisfed demo; cleared by the next run\n")
+    return out.resolve()
+
+
+def _tls(files: TlsFiles) -> dict[str, str]:
+    return {"ca_cert": str(files.ca_cert), "cert": str(files.cert), "key": str(files.key)}
+
+
+def _start_federation(
+    settings: DemoSettings, partition: Partition, pki: _Pki, fleet: Fleet, say: Callable[[str], None]
+) -> dict[str, list[Member]]:
+    global_member = fleet.start(
+        "global",
+        "global_agg",
+        {
+            "state_dir": str(fleet.directory / "global"),
+            "tls": _tls(pki.node(GLOBAL)),
+            "listen": "127.0.0.1:0",
+            "rounds": settings.rounds,
+            "round_deadline_s": settings.round_deadline_s,
+            "expected_jurisdictions": len(settings.jurisdictions),
+            "start_timeout_s": settings.start_timeout_s,
+            "min_jurisdictions": max(1, len(settings.jurisdictions) - 1),
+            "training": {
+                "epochs": DEMO_TRAINING.epochs,
+                "batch_size": DEMO_TRAINING.batch_size,
+                "learning_rate": DEMO_TRAINING.learning_rate,
+                "proximal_mu": DEMO_TRAINING.proximal_mu,
+            },
+        },
+        ready=True,
+    )
+    global_address = fleet.address_of(global_member, timeout_s=60.0)
+    say(f"global aggregator serving on {global_address}")
+    regionals: list[Member] = []
+    for jurisdiction in partition.jurisdictions:
+        identity = Identity(jurisdiction.name, Tier.REGIONAL, f"regional-{jurisdiction.name.lower()}")
+        regionals.append(
+            fleet.start(
+                f"regional-{jurisdiction.name}",
+                "regional",
+                {
+                    "jurisdiction": jurisdiction.name,
+                    "global_address": global_address,
+                    "state_dir": str(fleet.directory / f"regional-{jurisdiction.name}"),
+                    "tls": _tls(pki.node(identity)),
+                    "listen": "127.0.0.1:0",
+                    "min_silos": len(jurisdiction.silos),
+                },
+                ready=True,
+            )
+        )
+    silos: list[Member] = []
+    for jurisdiction, regional in zip(partition.jurisdictions, regionals, strict=True):
+        address = fleet.address_of(regional, timeout_s=60.0)
+        say(f"regional aggregator {jurisdiction.name} serving on {address}")
+        for silo in jurisdiction.silos:
+            identity = Identity(jurisdiction.name, Tier.SILO, silo.name)
+            silos.append(
+                fleet.start(
+                    silo.name,
+                    "silo",
+                    {
+                        "jurisdiction": jurisdiction.name,
+                        "regional_address": address,
+                        "data": str(silo.train_path),
+                        "tls": _tls(pki.node(identity)),
+                        "seed": settings.seed,
+                    },
+                    ready=False,
+                )
+            )
+    say(f"started {len(silos)} silos; they load TensorFlow and register before round 1 opens")
+    return {"global": [global_member], "regionals": regionals, "silos": silos}
+
+
+class _Operator:
+    """The demo's operator view: status RPCs on the global and on every regional."""
+
+    def __init__(self, pki: _Pki, global_address: str, regional_addresses: dict[str, str]) -> None:
+        self._tls = pki.node(OPERATOR)
+        self._channels = [open_channel(global_address, self._tls)]
+        self.global_stub = global_pb2_grpc.GlobalAggregatorStub(self._channels[0])
+        self.regional_stubs: dict[str, regional_pb2_grpc.RegionalAggregatorStub] = {}
+        for jurisdiction, address in regional_addresses.items():
+            channel = open_channel(address, self._tls)
+            self._channels.append(channel)
+            self.regional_stubs[jurisdiction] = regional_pb2_grpc.RegionalAggregatorStub(channel)
+
+    def global_status(self) -> global_pb2.GlobalStatus | None:
+        try:
+            status: global_pb2.GlobalStatus = self.global_stub.GetStatus(
+                global_pb2.GetGlobalStatusRequest(), timeout=STATUS_DEADLINE_S
+            )
+        except grpc.RpcError:
+            return None
+        return status
+
+    def regional_status(self, jurisdiction: str) -> regional_pb2.RegionalStatus:
+        stub = self.regional_stubs[jurisdiction]
+        status: regional_pb2.RegionalStatus = stub.GetStatus(
+            regional_pb2.GetRegionalStatusRequest(), timeout=STATUS_DEADLINE_S
+        )
+        return status
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+def _watch(
+    settings: DemoSettings,
+    partition: Partition,
+    pki: _Pki,
+    fleet: Fleet,
+    members: dict[str, list[Member]],
+    say: Callable[[str], None],
+) -> DemoResults:
+    global_member = members["global"][0]
+    regional_addresses = {
+        j.name: fleet.address_of(m, timeout_s=1.0)
+        for j, m in zip(partition.jurisdictions, members["regionals"], strict=True)
+    }
+    operator = _Operator(pki, fleet.address_of(global_member, timeout_s=1.0), regional_addresses)
+    evaluator = _Evaluator(partition, fleet.directory)
+    results = DemoResults(settings.rounds, tuple(j.name for j in partition.jurisdictions))
+    reported: set[int] = set()
+    give_up = (
+        time.monotonic() + settings.start_timeout_s + settings.rounds * (settings.round_deadline_s + 30.0)
+    )
+    last_heartbeat = time.monotonic()
+    try:
+        while time.monotonic() < give_up:
+            failures = fleet.failures()
+            if failures:
+                raise FleetError("\n".join(failures))
+            status = operator.global_status()
+            if status is not None:
+                for summary in status.rounds:
+                    if summary.round not in reported:
+                        reported.add(summary.round)
+                        row = evaluator.round_result(summary, status, operator)
+                        results.rounds.append(row)
+                        say(row.progress_line(settings.rounds))
+                        last_heartbeat = time.monotonic()
+                if status.state == rounds_pb2.ROUND_STATE_FINISHED and len(reported) == len(status.rounds):
+                    return results
+                if time.monotonic() - last_heartbeat > HEARTBEAT_S:
+                    say(_heartbeat(status, operator, partition))
+                    last_heartbeat = time.monotonic()
+            time.sleep(0.5)
+        raise FleetError(
+            f"the federation did not finish {settings.rounds} rounds in time; "
+            f"logs are in {fleet.directory / 'logs'}"
+        )
+    finally:
+        operator.close()
+
+
+def _heartbeat(status: global_pb2.GlobalStatus, operator: _Operator, partition: Partition) -> str:
+    if status.current_round == 0:
+        waiting = []
+        for jurisdiction in partition.jurisdictions:
+            try:
+                registered = len(operator.regional_status(jurisdiction.name).registered_silos)
+            except grpc.RpcError:
+                registered = 0
+            waiting.append(f"{jurisdiction.name} {registered}/{len(jurisdiction.silos)}")
+        return "waiting for silos to register: " + ", ".join(waiting)
+    arrived = sorted({c.jurisdiction for c in status.contributions if c.round == status.current_round})
+    return f"round {status.current_round} open; aggregates in from: {', '.join(arrived) or 'none yet'}"
+
+
+class _Evaluator:
+    """Accuracy of committed checkpoints on the held-out test splits (numpy, no TensorFlow)."""
+
+    def __init__(self, partition: Partition, run_dir: Path) -> None:
+        self._spec = DIGITS_MLP.spec()
+        self._global = CheckpointStore(run_dir / "global" / "checkpoints")
+        self._personalized = {
+            j.name: CheckpointStore(run_dir / f"regional-{j.name}" / "personalized")
+            for j in partition.jurisdictions
+        }
+        self._overall = _load_split(partition.test_path)
+        self._splits = {j.name: _load_split(j.test_path) for j in partition.jurisdictions}
+
+    def round_result(
+        self, summary: rounds_pb2.RoundSummary, status: global_pb2.GlobalStatus, operator: _Operator
+    ) -> RoundResult:
+        model = self._latest(self._global, summary.round)
+        global_by_j = {name: DIGITS_MLP.accuracy(model, *split) for name, split in self._splits.items()}
+        personalized: dict[str, float | None] = {}
+        silo_bytes = silo_float32 = 0
+        for name, split in self._splits.items():
+            try:
+                personal = self._personalized[name].load(summary.round, self._spec)
+                personalized[name] = DIGITS_MLP.accuracy(personal, *split)
+            except NotFound:
+                personalized[name] = None
+            for regional_round in operator.regional_status(name).rounds:
+                if regional_round.round == summary.round:
+                    silo_bytes += regional_round.bytes_received
+                    silo_float32 += regional_round.float32_bytes_equivalent
+        contributions = [c for c in status.contributions if c.round == summary.round]
+        return RoundResult(
+            round=summary.round,
+            outcome=summary.outcome,
+            jurisdictions=tuple(summary.participants),
+            global_accuracy=DIGITS_MLP.accuracy(model, *self._overall),
+            global_accuracy_by_jurisdiction=global_by_j,
+            personalized_accuracy=personalized,
+            silo_to_regional_bytes=silo_bytes,
+            silo_to_regional_float32_bytes=silo_float32,
+            regional_to_global_bytes=sum(c.bytes_received for c in contributions),
+            regional_to_global_float32_bytes=sum(c.float32_bytes_equivalent for c in contributions),
+            wall_time_s=summary.wall_time_s,
+        )
+
+    def _latest(self, store: CheckpointStore, round_number: int) -> Weights:
+        version = max(v for v in store.versions() if v <= round_number)
+        return store.load(version, self._spec)
+
+
+def _load_split(path: Path) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
+    with np.load(path, allow_pickle=False) as archive:
+        return archive["features"].astype(np.float32), archive["labels"].astype(np.int64)

@@ -1,0 +1,81 @@
+"""A whole federation of real processes over real gRPC with mutual TLS on localhost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jurisfed.demo.partition import DEFAULT_ALPHA
+from jurisfed.demo.runner import DemoSettings, run_demo
+from jurisfed.modeling.mlp import DIGITS_MLP
+from jurisfed.store.checkpoints import CheckpointStore
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_jurisdictions_two_silos_two_rounds_train_the_model(tmp_path: Path) -> None:
+    lines: list[str] = []
+    settings = DemoSettings(
+        out_dir=tmp_path / "run",
+        rounds=2,
+        jurisdictions=("EU", "US"),
+        silos_per_jurisdiction=2,
+        alpha=DEFAULT_ALPHA,
+        seed=1,
+        round_deadline_s=120.0,
+        start_timeout_s=300.0,
+    )
+    results = run_demo(settings, lines.append)  # raises if any process exits badly
+
+    assert [r.outcome for r in results.rounds] == ["committed", "committed"]
+    assert all(r.jurisdictions == ("EU", "US") for r in results.rounds)
+
+    spec = DIGITS_MLP.spec()
+    checkpoints = CheckpointStore(settings.out_dir / "global" / "checkpoints")
+    assert checkpoints.versions() == [0, 1, 2]
+    initial, final = checkpoints.load(0, spec), checkpoints.load(2, spec)
+    assert any(not np.array_equal(initial[name], final[name]) for name in initial)
+
+    with np.load(settings.out_dir / "data" / "test.npz") as test:
+        features, labels = test["features"].astype(np.float32), test["labels"]
+    initial_accuracy = DIGITS_MLP.accuracy(initial, features, labels)
+    assert results.rounds[-1].global_accuracy > initial_accuracy + 0.2
+    assert results.rounds[-1].global_accuracy > results.rounds[0].global_accuracy
+
+    for jurisdiction in ("EU", "US"):
+        personalized = CheckpointStore(settings.out_dir / f"regional-{jurisdiction}" / "personalized")
+        assert personalized.versions() == [1, 2]
+
+    # Only compressed aggregates crossed to the global: int8 is a quarter of float32 plus framing.
+    last = results.rounds[-1]
+    assert 0 < last.regional_to_global_bytes * 3.9 <= last.regional_to_global_float32_bytes
+    assert last.silo_to_regional_bytes >= last.silo_to_regional_float32_bytes
+    assert any("round 2/2 committed" in line for line in lines)
+
+
+def test_the_demo_refuses_to_clear_a_directory_it_did_not_make(tmp_path: Path) -> None:
+    from jurisfed.errors import ConfigError
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not delete")
+    settings = DemoSettings(precious, 1, ("EU",), 1, DEFAULT_ALPHA, 0, 10.0, 10.0)
+    with pytest.raises(ConfigError, match="was not made by `jurisfed demo`"):
+        run_demo(settings, print)
+    assert (precious / "thesis.txt").read_text() == "do not delete"
+
+
+def test_results_json_holds_bytes_as_sent_and_as_float32(tmp_path: Path) -> None:
+    from jurisfed.demo.report import DemoResults, RoundResult
+
+    results = DemoResults(1, ("EU",))
+    results.rounds.append(
+        RoundResult(1, "committed", ("EU",), 0.9, {"EU": 0.9}, {"EU": 0.95}, 10, 8, 3, 12, 1.5)
+    )
+    results.write_json(tmp_path / "results.json")
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["rounds"][0]["bytes"]["regional_to_global"] == {"sent": 3, "float32_equivalent": 12}
+    assert "pers@EU" in results.table()
