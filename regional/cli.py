@@ -69,7 +69,13 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
         max_message_bytes=config.max_message_bytes,
     ) as server:
         channel = open_channel(config.global_address, config.tls, max_message_bytes=config.max_message_bytes)
-        upstream = Upstream(aggregator, channel, forward_margin_s=config.forward_margin_s, stop=stop)
+        upstream = Upstream(
+            aggregator,
+            channel,
+            forward_margin_s=config.forward_margin_s,
+            stop=stop,
+            quantization_seed=config.quantization_seed,
+        )
         follower = threading.Thread(target=upstream.run, name="upstream", daemon=True)
         follower.start()
         server.set_serving(True)

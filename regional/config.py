@@ -27,6 +27,11 @@ class RegionalConfig:
     )
     max_concurrent_uploads: int = setting("silo uploads staged at once; more wait, then are refused", 4)
     max_message_bytes: int = setting("largest single gRPC message accepted", 2 * 1024 * 1024)
+    quantization_seed: int | None = setting(
+        "seed of the int8 stochastic rounding of forwarded aggregates; empty draws a fresh one "
+        "from the OS (set it only to make a run reproducible)",
+        None,
+    )
 
     def __post_init__(self) -> None:
         if self.min_silos < 1:

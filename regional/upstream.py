@@ -39,12 +39,15 @@ class Upstream:
         *,
         forward_margin_s: float,
         stop: threading.Event,
+        quantization_seed: int | None = None,
     ) -> None:
         self._aggregator = aggregator
         self._stub = global_pb2_grpc.GlobalAggregatorStub(channel)
         self._margin_s = forward_margin_s
         self._stop = stop
-        self._rng = np.random.default_rng(secrets.randbits(128))
+        self._rng = np.random.default_rng(
+            secrets.randbits(128) if quantization_seed is None else quantization_seed
+        )
 
     def run(self) -> None:
         """Follow the global's rounds until it says the federation finished or `stop` is set."""

@@ -136,7 +136,7 @@ def _start_federation(
     global_address = fleet.address_of(global_member, timeout_s=60.0)
     say(f"global aggregator serving on {global_address}")
     regionals: list[Member] = []
-    for jurisdiction in partition.jurisdictions:
+    for index, jurisdiction in enumerate(partition.jurisdictions):
         identity = Identity(jurisdiction.name, Tier.REGIONAL, f"regional-{jurisdiction.name.lower()}")
         regionals.append(
             fleet.start(
@@ -149,6 +149,8 @@ def _start_federation(
                     "tls": _tls(pki.node(identity)),
                     "listen": "127.0.0.1:0",
                     "min_silos": len(jurisdiction.silos),
+                    # Reproducible runs: the same --seed gives the same table.
+                    "quantization_seed": settings.seed * 1000 + index,
                 },
                 ready=True,
             )
