@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import threading
-from pathlib import Path
 
 from global_agg.config import GlobalConfig
 from global_agg.coordinator import GlobalCoordinator, RoundPlan
 from global_agg.servicer import global_service
 from jurisfed.auth.identity import Tier
-from jurisfed.auth.pki import certificate_identity
-from jurisfed.config import describe, load_config
+from jurisfed.auth.pki import own_identity
 from jurisfed.errors import ConfigError
 from jurisfed.modeling.mlp import Mlp
-from jurisfed.process import setup_logging, split_address, stop_on_signals, write_ready_file
+from jurisfed.process import split_address, tier_main, write_ready_file
 from jurisfed.rpc.server import serve
 from jurisfed.store.checkpoints import CheckpointStore
 
@@ -24,32 +20,20 @@ log = logging.getLogger("jurisfed.global")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return tier_main(
+        argv,
         prog="python -m global_agg",
         description="Run the global aggregator: announce numbered rounds to the regional aggregators, "
         "combine their compressed aggregates weighted by example count and write each committed "
         "model as a versioned checkpoint.",
-        epilog="Configuration keys (YAML file, each overridable by its environment variable):\n"
-        + describe(GlobalConfig, "global"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config_type=GlobalConfig,
+        env_prefix="global",
+        run=run,
     )
-    parser.add_argument("--config", type=Path, help="YAML configuration file")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
-    try:
-        config = load_config(GlobalConfig, args.config, env_prefix="global", environ=os.environ)
-        run(config, stop_on_signals())
-    except ConfigError as error:
-        log.error("cannot start: %s", error)
-        return 2
-    return 0
 
 
 def run(config: GlobalConfig, stop: threading.Event) -> None:
-    identity = certificate_identity(config.tls.cert)
-    if identity.tier is not Tier.GLOBAL:
-        raise ConfigError(f"certificate {config.tls.cert} names {identity}, not a global aggregator")
+    identity = own_identity(config.tls.cert, Tier.GLOBAL)
     try:
         architecture = Mlp.parse(config.architecture)
     except ValueError as error:

@@ -13,9 +13,10 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from jurisfed.aggregation.intake import Receipt, RoundIntake
+from jurisfed.aggregation.intake import Receipt
+from jurisfed.aggregation.open_round import Board, OpenRound, wait_for_announcement
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.roles import require_tier
 from jurisfed.errors import WrongState
@@ -36,16 +37,6 @@ log = logging.getLogger("jurisfed.global")
 
 # Aggregates staged at once; there is one per jurisdiction per round.
 MAX_CONCURRENT_AGGREGATES = 8
-
-
-@dataclass
-class OpenRound:
-    number: int
-    base: Weights
-    base_sha256: str
-    deadline: float  # time.monotonic()
-    intake: RoundIntake
-    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -102,25 +93,10 @@ class GlobalCoordinator:
 
     def wait_for_round(self, peer: Identity, after_round: int, max_wait_s: float) -> RoundAnnouncement:
         self._check_registered(peer)
-        deadline = time.monotonic() + max(0.0, max_wait_s)
-        with self._changed:
-            while True:
-                current = self._round
-                if current is not None and current.number > after_round and current.intake.is_open:
-                    return RoundAnnouncement(
-                        state=RoundState.OPEN,
-                        round=current.number,
-                        model_spec=self._spec,
-                        training=self._plan.training,
-                        deadline_in_s=max(0.0, current.deadline - time.monotonic()),
-                        base_model_sha256=current.base_sha256,
-                    )
-                if self._state is RoundState.FINISHED:
-                    return RoundAnnouncement(RoundState.FINISHED, after_round, None, None, 0.0, "")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stopping:
-                    return RoundAnnouncement(RoundState.WAITING, after_round, None, None, 0.0, "")
-                self._changed.wait(remaining)
+        return wait_for_announcement(self._changed, self._board, after_round, max_wait_s)
+
+    def _board(self) -> Board:
+        return Board(self._round, self._state is RoundState.FINISHED, self._stopping)
 
     def base_model(self, peer: Identity, round_number: int) -> tuple[ModelSpec, Weights]:
         self._check_registered(peer)
@@ -200,14 +176,17 @@ class GlobalCoordinator:
                 self._changed.wait(min(remaining, 0.5))
 
     def _run_round(self, number: int, stop: threading.Event) -> None:
-        intake = RoundIntake(
+        opened = OpenRound.start(
             number,
             self._spec,
+            self._plan.training,
+            self._model,
+            self._plan.round_deadline_s,
             allowed_encodings=frozenset({tensors_pb2.ENCODING_RAW, tensors_pb2.ENCODING_INT8}),
             max_concurrent=MAX_CONCURRENT_AGGREGATES,
+            base_sha256=self._model_sha256,
         )
-        opened = OpenRound(number, self._model, self._model_sha256, 0.0, intake)
-        opened.deadline = opened.started + self._plan.round_deadline_s
+        intake = opened.intake
         with self._changed:
             self._round = opened
             self._state = RoundState.OPEN

@@ -9,14 +9,11 @@ import grpc
 from global_agg.coordinator import GlobalCoordinator
 from jurisfed.auth.identity import Tier, peer_identity
 from jurisfed.auth.roles import require_tier
-from jurisfed.rpc.server import Service
+from jurisfed.rpc.server import Service, long_poll_budget_s
 from jurisfed.wire import serde
 from jurisfed.wire.chunks import encode_tensors, split_stream
 from jurisfed.wire.metering import Meter
 from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, rounds_pb2, tensors_pb2
-
-# Longest a WaitForRound long poll is held, whatever the regional asks for.
-MAX_LONG_POLL_S = 30.0
 
 
 class GlobalServicer(global_pb2_grpc.GlobalAggregatorServicer):
@@ -32,9 +29,7 @@ class GlobalServicer(global_pb2_grpc.GlobalAggregatorServicer):
     def WaitForRound(
         self, request: rounds_pb2.WaitForRoundRequest, context: grpc.ServicerContext
     ) -> rounds_pb2.RoundAnnouncement:
-        remaining = context.time_remaining()
-        budget = MAX_LONG_POLL_S if remaining is None else max(0.0, remaining - 1.0)
-        wait_s = min(max(request.max_wait_s, 0.0), MAX_LONG_POLL_S, budget)
+        wait_s = long_poll_budget_s(context, request.max_wait_s)
         announcement = self._coordinator.wait_for_round(peer_identity(context), request.after_round, wait_s)
         return serde.round_announcement_to_proto(announcement)
 

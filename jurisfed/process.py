@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -9,10 +10,15 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
+from jurisfed.config import describe, load_config
 from jurisfed.errors import ConfigError
+
+C = TypeVar("C")
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is logged.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -69,3 +75,41 @@ def write_ready_file(path: Path | None, address: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(address + "\n")
     os.replace(temporary, path)
+
+
+def tier_main(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str,
+    config_type: type[C],
+    env_prefix: str,
+    run: Callable[[C, threading.Event], None],
+) -> int:
+    """The command line every tier shares: --config and --log-level, then `run` until a stop signal.
+
+    Exit codes: 0 after a clean stop, 2 for a configuration that cannot start, 3 when a peer
+    stayed unreachable for longer than the configuration allows.
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="Configuration keys (YAML file, each overridable by its environment variable):\n"
+        + describe(config_type, env_prefix),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, help="YAML configuration file")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    log = logging.getLogger("jurisfed")
+    try:
+        config = load_config(config_type, args.config, env_prefix=env_prefix, environ=os.environ)
+        run(config, stop_on_signals())
+    except ConfigError as error:
+        log.error("cannot start: %s", error)
+        return 2
+    except TimeoutError as error:
+        log.error("gave up: %s", error)
+        return 3
+    return 0

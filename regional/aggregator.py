@@ -13,15 +13,16 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from jurisfed.aggregation.intake import Receipt, RoundIntake
+from jurisfed.aggregation.intake import Receipt
+from jurisfed.aggregation.open_round import Board, OpenRound, wait_for_announcement
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.roles import require_tier
 from jurisfed.errors import InvalidInput, NotAllowed, NotFound, WrongState
-from jurisfed.rounds import RoundAnnouncement, RoundState, RoundSummary, TrainingConfig, UpdateHeader
+from jurisfed.rounds import RoundAnnouncement, RoundSummary, TrainingConfig, UpdateHeader
 from jurisfed.store.checkpoints import CheckpointStore
-from jurisfed.tensors import ModelSpec, Weights, add, weights_sha256
+from jurisfed.tensors import ModelSpec, Weights, add
 from jurisfed.wire.metering import Meter
 from jurisfed.wire.v1 import tensors_pb2
 
@@ -34,18 +35,6 @@ class SiloRecord:
     example_count: int
     schema_sha256: str
     code_version: str
-
-
-@dataclass
-class LocalRound:
-    number: int
-    spec: ModelSpec
-    training: TrainingConfig
-    base: Weights
-    base_sha256: str
-    deadline: float  # time.monotonic()
-    intake: RoundIntake
-    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -66,7 +55,7 @@ class RegionalAggregator:
         self._min_silos = min_silos
         self._max_concurrent = max_concurrent_uploads
         self._silos: dict[str, SiloRecord] = {}
-        self._round: LocalRound | None = None
+        self._round: OpenRound | None = None
         self._history: list[RoundSummary] = []
         self._finished = False
         self._stopping = False
@@ -90,30 +79,10 @@ class RegionalAggregator:
 
     def wait_for_task(self, peer: Identity, after_round: int, max_wait_s: float) -> RoundAnnouncement:
         self._check_registered(peer)
-        deadline = time.monotonic() + max(0.0, max_wait_s)
-        with self._changed:
-            while True:
-                current = self._round
-                if (
-                    current is not None
-                    and current.number > after_round
-                    and current.intake.is_open
-                    and time.monotonic() < current.deadline
-                ):
-                    return RoundAnnouncement(
-                        state=RoundState.OPEN,
-                        round=current.number,
-                        model_spec=current.spec,
-                        training=current.training,
-                        deadline_in_s=current.deadline - time.monotonic(),
-                        base_model_sha256=current.base_sha256,
-                    )
-                if self._finished:
-                    return RoundAnnouncement(RoundState.FINISHED, after_round, None, None, 0.0, "")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stopping:
-                    return RoundAnnouncement(RoundState.WAITING, after_round, None, None, 0.0, "")
-                self._changed.wait(remaining)
+        return wait_for_announcement(self._changed, self._board, after_round, max_wait_s)
+
+    def _board(self) -> Board:
+        return Board(self._round, self._finished, self._stopping)
 
     def base_model(self, peer: Identity, round_number: int) -> tuple[ModelSpec, Weights]:
         self._check_registered(peer)
@@ -158,14 +127,15 @@ class RegionalAggregator:
     def open_round(
         self, number: int, spec: ModelSpec, training: TrainingConfig, base: Weights, deadline_in_s: float
     ) -> None:
-        intake = RoundIntake(
+        local = OpenRound.start(
             number,
             spec,
+            training,
+            base,
+            deadline_in_s,
             allowed_encodings=frozenset({tensors_pb2.ENCODING_RAW}),
             max_concurrent=self._max_concurrent,
         )
-        local = LocalRound(number, spec, training, base, weights_sha256(spec, base), 0.0, intake)
-        local.deadline = local.started + deadline_in_s
         with self._changed:
             self._round = local
             self._changed.notify_all()
@@ -216,7 +186,7 @@ class RegionalAggregator:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _close(self, current: LocalRound) -> ClosedRound:
+    def _close(self, current: OpenRound) -> ClosedRound:
         mean = current.intake.close()
         cohort = current.intake.contributors
         examples = int(current.intake.total_weight)
@@ -245,7 +215,7 @@ class RegionalAggregator:
         log.info("round closed", extra={"round": current.number, "outcome": reason, "silos": len(cohort)})
         return ClosedRound(current.number, mean, len(cohort), examples, reason)
 
-    def _open_round(self, round_number: int) -> LocalRound:
+    def _open_round(self, round_number: int) -> OpenRound:
         with self._changed:
             current = self._round
         if current is None:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import threading
-from pathlib import Path
 
 from jurisfed.auth.identity import Tier
-from jurisfed.auth.pki import certificate_identity
-from jurisfed.config import describe, load_config
-from jurisfed.errors import ConfigError
-from jurisfed.process import setup_logging, split_address, stop_on_signals, write_ready_file
+from jurisfed.auth.pki import own_identity
+from jurisfed.process import split_address, tier_main, write_ready_file
 from jurisfed.rpc.channel import open_channel
 from jurisfed.rpc.server import serve
 from jurisfed.store.checkpoints import CheckpointStore
@@ -25,35 +20,20 @@ log = logging.getLogger("jurisfed.regional")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return tier_main(
+        argv,
         prog="python -m regional",
         description="Run a regional aggregator: serve this jurisdiction's silos over mTLS, aggregate "
         "their updates as they stream in, keep the jurisdiction's personalized model and forward "
         "only the int8-compressed aggregate to the global aggregator.",
-        epilog="Configuration keys (YAML file, each overridable by its environment variable):\n"
-        + describe(RegionalConfig, "regional"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config_type=RegionalConfig,
+        env_prefix="regional",
+        run=run,
     )
-    parser.add_argument("--config", type=Path, help="YAML configuration file")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
-    try:
-        config = load_config(RegionalConfig, args.config, env_prefix="regional", environ=os.environ)
-        run(config, stop_on_signals())
-    except ConfigError as error:
-        log.error("cannot start: %s", error)
-        return 2
-    return 0
 
 
 def run(config: RegionalConfig, stop: threading.Event) -> None:
-    identity = certificate_identity(config.tls.cert)
-    if identity.tier is not Tier.REGIONAL or identity.jurisdiction != config.jurisdiction:
-        raise ConfigError(
-            f"certificate {config.tls.cert} names {identity}; a regional of {config.jurisdiction} needs "
-            f"jurisfed://{config.jurisdiction}/regional/<node>"
-        )
+    identity = own_identity(config.tls.cert, Tier.REGIONAL, config.jurisdiction)
     aggregator = RegionalAggregator(
         identity,
         CheckpointStore(config.state_dir / "personalized"),

@@ -8,15 +8,12 @@ import grpc
 
 from jurisfed.auth.identity import Tier, peer_identity
 from jurisfed.auth.roles import require_tier
-from jurisfed.rpc.server import Service
+from jurisfed.rpc.server import Service, long_poll_budget_s
 from jurisfed.wire import serde
 from jurisfed.wire.chunks import encode_tensors, split_stream
 from jurisfed.wire.metering import Meter
 from jurisfed.wire.v1 import regional_pb2, regional_pb2_grpc, rounds_pb2, tensors_pb2
 from regional.aggregator import RegionalAggregator
-
-# Longest a WaitForTask long poll is held, whatever the silo asks for.
-MAX_LONG_POLL_S = 30.0
 
 
 class RegionalServicer(regional_pb2_grpc.RegionalAggregatorServicer):
@@ -34,7 +31,7 @@ class RegionalServicer(regional_pb2_grpc.RegionalAggregatorServicer):
     def WaitForTask(
         self, request: rounds_pb2.WaitForRoundRequest, context: grpc.ServicerContext
     ) -> rounds_pb2.RoundAnnouncement:
-        wait_s = min(max(request.max_wait_s, 0.0), MAX_LONG_POLL_S, _time_left(context))
+        wait_s = long_poll_budget_s(context, request.max_wait_s)
         announcement = self._aggregator.wait_for_task(peer_identity(context), request.after_round, wait_s)
         return serde.round_announcement_to_proto(announcement)
 
@@ -77,9 +74,3 @@ def regional_service(aggregator: RegionalAggregator) -> Service:
         name=regional_pb2.DESCRIPTOR.services_by_name["RegionalAggregator"].full_name,
         register=lambda server: regional_pb2_grpc.add_RegionalAggregatorServicer_to_server(servicer, server),
     )
-
-
-def _time_left(context: grpc.ServicerContext) -> float:
-    remaining = context.time_remaining()
-    # Answer a little before the caller's deadline so the answer reaches it.
-    return MAX_LONG_POLL_S if remaining is None else max(0.0, remaining - 1.0)

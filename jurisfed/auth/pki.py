@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from jurisfed.auth.identity import Identity, identity_from_certificate
+from jurisfed.auth.identity import Identity, Tier, identity_from_certificate
 from jurisfed.errors import ConfigError, Unauthenticated
 
 CA_CERT_NAME = "ca.crt"
@@ -202,6 +202,15 @@ def certificate_identity(cert_path: Path) -> Identity:
         return identity_from_certificate(cert)
     except Unauthenticated as error:
         raise ConfigError(f"certificate {cert_path}: {error}") from None
+
+
+def own_identity(cert_path: Path, tier: Tier, jurisdiction: str | None = None) -> Identity:
+    """This node's identity, refusing to start when its certificate is for another role or place."""
+    identity = certificate_identity(cert_path)
+    wanted = f"jurisfed://{jurisdiction or '<jurisdiction>'}/{tier.value}/<node>"
+    if identity.tier is not tier or (jurisdiction is not None and identity.jurisdiction != jurisdiction):
+        raise ConfigError(f"certificate {cert_path} names {identity}; this process needs {wanted}")
+    return identity
 
 
 def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:

@@ -206,3 +206,14 @@ def _dialable_host(host: str) -> str:
     """Where a local client reaches a server bound to `host` (the loopback for wildcards)."""
     bracketed = _bindable_host(host)
     return {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(bracketed, bracketed)  # noqa: S104
+
+
+# Longest a long poll (WaitForTask, WaitForRound) holds a worker thread, whatever the caller asks.
+MAX_LONG_POLL_S = 30.0
+
+
+def long_poll_budget_s(context: grpc.ServicerContext, requested_s: float) -> float:
+    """How long a long poll may wait: what the caller asked, capped, and answered before its deadline."""
+    remaining = context.time_remaining()
+    before_deadline = MAX_LONG_POLL_S if remaining is None else max(0.0, remaining - 1.0)
+    return min(max(requested_s, 0.0), MAX_LONG_POLL_S, before_deadline)

@@ -120,7 +120,7 @@ def test_a_regional_whose_certificate_names_another_jurisdiction_refuses_to_star
     assert code == CONFIG_ERROR_EXIT
     assert message.startswith("cannot start: ")
     assert "names jurisfed://US/regional/regional-us" in message
-    assert "a regional of EU needs jurisfed://EU/regional/<node>" in message
+    assert "this process needs jurisfed://EU/regional/<node>" in message
 
 
 def test_a_missing_config_key_refuses_to_start_and_names_it(pki: Path, tmp_path: Path) -> None:
@@ -142,7 +142,10 @@ def test_a_global_with_a_silo_certificate_refuses_to_start(pki: Path, tmp_path: 
     )
     code, message = startup_failure("global_agg", config)
     assert code == CONFIG_ERROR_EXIT
-    assert "names jurisfed://EU/silo/hospital-a, not a global aggregator" in message
+    assert (
+        "names jurisfed://EU/silo/hospital-a; this process needs jurisfed://<jurisdiction>/global/<node>"
+        in message
+    )
     assert not (tmp_path / "state").exists()  # nothing written by a process that did not start
 
 
