@@ -109,8 +109,11 @@ def serve(
     port: int = 0,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_workers: int = 32,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> Iterator[RunningServer]:
     """Serve `services` over mTLS (clients must present a certificate from the federation CA).
+
+    `interceptors` run inside the error mapping, so what they raise reaches peers as a status.
 
     Port 0 picks a free port (see `RunningServer.port`). Health answers NOT_SERVING until
     the caller's `set_serving(True)`. On exit the server stops with a 5 s grace period.
@@ -154,7 +157,7 @@ def _start(
     names = [service.name for service in services]
     server = grpc.server(
         executor,
-        interceptors=(ErrorMappingInterceptor(),),
+        interceptors=(ErrorMappingInterceptor(), *interceptors),
         options=(
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
