@@ -135,6 +135,7 @@ def serve(
             host=host,
             port=port,
             max_message_bytes=max_message_bytes,
+            interceptors=interceptors,
         )
     except BaseException:
         executor.shutdown(wait=False, cancel_futures=True)
@@ -153,6 +154,7 @@ def _start(
     host: str,
     port: int,
     max_message_bytes: int,
+    interceptors: Sequence[grpc.ServerInterceptor],
 ) -> RunningServer:
     names = [service.name for service in services]
     server = grpc.server(
