@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from jurisfed.errors import ConfigError
+from jurisfed.operator.cli import add_round_commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(commands)
+    add_round_commands(commands)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -17,24 +17,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import numpy as np
 
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import TlsFiles, create_ca, issue
 from jurisfed.demo.fleet import Fleet, FleetError, Member
-from jurisfed.demo.partition import DEFAULT_TEST_FRACTION, DEMO_TRAINING, Partition, partition_digits
+from jurisfed.demo.partition import (
+    DEFAULT_TEST_FRACTION,
+    DEMO_TRAINING,
+    Partition,
+    load_split,
+    partition_digits,
+)
 from jurisfed.demo.report import DemoResults, RoundResult
 from jurisfed.errors import ConfigError, NotFound
 from jurisfed.modeling.mlp import DIGITS_MLP
-from jurisfed.rpc.channel import open_channel
+from jurisfed.operator.client import FederationStatus, OperatorClient
+from jurisfed.rounds import RoundState, RoundSummary
 from jurisfed.store.checkpoints import CheckpointStore
 from jurisfed.tensors import Weights
-from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, regional_pb2, regional_pb2_grpc, rounds_pb2
 
 GLOBAL = Identity("GLOBAL", Tier.GLOBAL, "global-1")
 OPERATOR = Identity("GLOBAL", Tier.OPERATOR, "demo-operator")
 MARKER = ".jurisfed-demo"
-STATUS_DEADLINE_S = 10.0
 HEARTBEAT_S = 10.0
 
 
@@ -179,40 +183,6 @@ def _start_federation(
     return {"global": [global_member], "regionals": regionals, "silos": silos}
 
 
-class _Operator:
-    """The demo's operator view: status RPCs on the global and on every regional."""
-
-    def __init__(self, pki: _Pki, global_address: str, regional_addresses: dict[str, str]) -> None:
-        self._tls = pki.node(OPERATOR)
-        self._channels = [open_channel(global_address, self._tls)]
-        self.global_stub = global_pb2_grpc.GlobalAggregatorStub(self._channels[0])
-        self.regional_stubs: dict[str, regional_pb2_grpc.RegionalAggregatorStub] = {}
-        for jurisdiction, address in regional_addresses.items():
-            channel = open_channel(address, self._tls)
-            self._channels.append(channel)
-            self.regional_stubs[jurisdiction] = regional_pb2_grpc.RegionalAggregatorStub(channel)
-
-    def global_status(self) -> global_pb2.GlobalStatus | None:
-        try:
-            status: global_pb2.GlobalStatus = self.global_stub.GetStatus(
-                global_pb2.GetGlobalStatusRequest(), timeout=STATUS_DEADLINE_S
-            )
-        except grpc.RpcError:
-            return None
-        return status
-
-    def regional_status(self, jurisdiction: str) -> regional_pb2.RegionalStatus:
-        stub = self.regional_stubs[jurisdiction]
-        status: regional_pb2.RegionalStatus = stub.GetStatus(
-            regional_pb2.GetRegionalStatusRequest(), timeout=STATUS_DEADLINE_S
-        )
-        return status
-
-    def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
-
-
 def _watch(
     settings: DemoSettings,
     partition: Partition,
@@ -226,7 +196,9 @@ def _watch(
         j.name: fleet.address_of(m, timeout_s=1.0)
         for j, m in zip(partition.jurisdictions, members["regionals"], strict=True)
     }
-    operator = _Operator(pki, fleet.address_of(global_member, timeout_s=1.0), regional_addresses)
+    operator = OperatorClient(
+        pki.node(OPERATOR), fleet.address_of(global_member, timeout_s=1.0), regional_addresses
+    )
     evaluator = _Evaluator(partition, fleet.directory)
     results = DemoResults(settings.rounds, tuple(j.name for j in partition.jurisdictions))
     reported: set[int] = set()
@@ -239,7 +211,7 @@ def _watch(
             failures = fleet.failures()
             if failures:
                 raise FleetError("\n".join(failures))
-            status = operator.global_status()
+            status = _federation_status(operator)
             if status is not None:
                 for summary in status.rounds:
                     if summary.round not in reported:
@@ -248,7 +220,7 @@ def _watch(
                         results.rounds.append(row)
                         say(row.progress_line(settings.rounds))
                         last_heartbeat = time.monotonic()
-                if status.state == rounds_pb2.ROUND_STATE_FINISHED and len(reported) == len(status.rounds):
+                if status.state is RoundState.FINISHED and len(reported) == len(status.rounds):
                     return results
                 if time.monotonic() - last_heartbeat > HEARTBEAT_S:
                     say(_heartbeat(status, operator, partition))
@@ -262,12 +234,20 @@ def _watch(
         operator.close()
 
 
-def _heartbeat(status: global_pb2.GlobalStatus, operator: _Operator, partition: Partition) -> str:
+def _federation_status(operator: OperatorClient) -> FederationStatus | None:
+    """The global's status, or None while it is briefly unreachable (the watch simply retries)."""
+    try:
+        return operator.federation()
+    except grpc.RpcError:
+        return None
+
+
+def _heartbeat(status: FederationStatus, operator: OperatorClient, partition: Partition) -> str:
     if status.current_round == 0:
         waiting = []
         for jurisdiction in partition.jurisdictions:
             try:
-                registered = len(operator.regional_status(jurisdiction.name).registered_silos)
+                registered = len(operator.regional(jurisdiction.name).silos)
             except grpc.RpcError:
                 registered = 0
             waiting.append(f"{jurisdiction.name} {registered}/{len(jurisdiction.silos)}")
@@ -286,11 +266,11 @@ class _Evaluator:
             j.name: CheckpointStore(run_dir / f"regional-{j.name}" / "personalized")
             for j in partition.jurisdictions
         }
-        self._overall = _load_split(partition.test_path)
-        self._splits = {j.name: _load_split(j.test_path) for j in partition.jurisdictions}
+        self._overall = load_split(partition.test_path)
+        self._splits = {j.name: load_split(j.test_path) for j in partition.jurisdictions}
 
     def round_result(
-        self, summary: rounds_pb2.RoundSummary, status: global_pb2.GlobalStatus, operator: _Operator
+        self, summary: RoundSummary, status: FederationStatus, operator: OperatorClient
     ) -> RoundResult:
         model = self._latest(self._global, summary.round)
         global_by_j = {name: DIGITS_MLP.accuracy(model, *split) for name, split in self._splits.items()}
@@ -302,7 +282,7 @@ class _Evaluator:
                 personalized[name] = DIGITS_MLP.accuracy(personal, *split)
             except NotFound:
                 personalized[name] = None
-            for regional_round in operator.regional_status(name).rounds:
+            for regional_round in operator.regional(name).rounds:
                 if regional_round.round == summary.round:
                     silo_bytes += regional_round.bytes_received
                     silo_float32 += regional_round.float32_bytes_equivalent
@@ -310,7 +290,7 @@ class _Evaluator:
         return RoundResult(
             round=summary.round,
             outcome=summary.outcome,
-            jurisdictions=tuple(summary.participants),
+            jurisdictions=summary.participants,
             global_accuracy=DIGITS_MLP.accuracy(model, *self._overall),
             global_accuracy_by_jurisdiction=global_by_j,
             personalized_accuracy=personalized,
@@ -324,8 +304,3 @@ class _Evaluator:
     def _latest(self, store: CheckpointStore, round_number: int) -> Weights:
         version = max(v for v in store.versions() if v <= round_number)
         return store.load(version, self._spec)
-
-
-def _load_split(path: Path) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
-    with np.load(path, allow_pickle=False) as archive:
-        return archive["features"].astype(np.float32), archive["labels"].astype(np.int64)

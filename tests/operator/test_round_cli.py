@@ -1,0 +1,96 @@
+"""`jurisfed round status|watch` against a real global aggregator over mTLS."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from global_agg.coordinator import GlobalCoordinator, RoundPlan
+from global_agg.servicer import global_service
+from jurisfed.auth.identity import Identity, Tier
+from jurisfed.auth.pki import issue
+from jurisfed.cli import main
+from jurisfed.rounds import TrainingConfig
+from jurisfed.rpc.channel import open_channel
+from jurisfed.rpc.server import serve
+from jurisfed.store.checkpoints import CheckpointStore
+from jurisfed.tensors import ModelSpec, TensorSpec
+from jurisfed.wire.chunks import encode_tensors
+from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, rounds_pb2
+
+SPEC = ModelSpec("test", (TensorSpec("dense/kernel", (8, 4)), TensorSpec("dense/bias", (4,))))
+PLAN = RoundPlan(
+    rounds=1,
+    round_deadline_s=30.0,
+    expected_jurisdictions=1,
+    start_timeout_s=10.0,
+    min_jurisdictions=1,
+    training=TrainingConfig(),
+)
+
+
+@pytest.fixture
+def finished_federation(pki: Path, tmp_path: Path) -> Iterator[str]:
+    """A global that ran one round, committed with the EU aggregate; yields its address."""
+    initial = {t.name: np.zeros(t.shape, dtype=np.float32) for t in SPEC.tensors}
+    coordinator = GlobalCoordinator(SPEC, initial, CheckpointStore(tmp_path / "checkpoints"), PLAN)
+    tls = issue(pki, Identity("GLOBAL", Tier.GLOBAL, "global-1"), tmp_path / "global")
+    stop = threading.Event()
+    with serve([global_service(coordinator)], tls) as server:
+        server.set_serving(True)
+        rounds = threading.Thread(target=coordinator.run, args=(stop,), daemon=True)
+        rounds.start()
+        regional_tls = issue(pki, Identity("EU", Tier.REGIONAL, "regional-eu"), tmp_path / "eu")
+        with open_channel(server.address, regional_tls) as channel:
+            eu = global_pb2_grpc.GlobalAggregatorStub(channel)
+            eu.RegisterRegional(global_pb2.RegisterRegionalRequest(), timeout=10)
+            eu.WaitForRound(rounds_pb2.WaitForRoundRequest(after_round=0, max_wait_s=10), timeout=15)
+            header = global_pb2.AggregateHeader(
+                round=1, cohort_size=3, example_total=120, idempotency_key="eu-1"
+            )
+            delta = {t.name: np.full(t.shape, 0.5, dtype=np.float32) for t in SPEC.tensors}
+            messages = [global_pb2.AggregateMessage(header=header)]
+            messages += [global_pb2.AggregateMessage(chunk=c) for c in encode_tensors(SPEC, delta)]
+            eu.SubmitAggregate(iter(messages), timeout=10)
+        rounds.join(timeout=30)
+        yield server.address
+        stop.set()
+
+
+def operator_dir(pki: Path, tmp_path: Path, tier: Tier = Tier.OPERATOR) -> str:
+    return str(issue(pki, Identity("GLOBAL", tier, "ml-team"), tmp_path / f"cli-{tier.value}").cert.parent)
+
+
+def test_status_lists_each_round_with_its_outcome_and_jurisdictions(
+    finished_federation: str, pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["round", "status", "--global", finished_federation, "--tls-dir", operator_dir(pki, tmp_path)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "federation: finished, round 1, jurisdictions EU" in out
+    assert "round 1: committed; EU (120 examples" in out
+
+
+def test_watch_follows_rounds_until_the_federation_finishes(
+    finished_federation: str, pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["round", "watch", "--global", finished_federation, "--tls-dir", operator_dir(pki, tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.splitlines()[-1] == "federation finished"
+    assert "round 1: committed" in out
+
+
+def test_status_without_the_operator_role_is_refused_plainly(
+    finished_federation: str, pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    silo_dir = operator_dir(pki, tmp_path, Tier.SILO)
+    code = main(["round", "status", "--global", finished_federation, "--tls-dir", silo_dir])
+    assert code == 1
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
