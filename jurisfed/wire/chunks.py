@@ -1,37 +1,36 @@
 """Tensors on the wire as streams of TensorChunk: encoded by the sender, assembled by the receiver.
 
-A tensor travels as contiguous row-major slices of at most MAX_CHUNK_BYTES of payload, either
-RAW (little-endian float32) or INT8 (one signed byte per value, one scale per tensor). The
-receiver decodes each chunk straight into a buffer sized by the ModelSpec it expects, so the
-memory it holds is bounded by the model and never by what a peer claims.
+A tensor travels as contiguous row-major slices of at most MAX_CHUNK_BYTES of payload, in one
+of the encodings of encodings.py: RAW (little-endian float32), INT8 (one signed byte per value,
+one scale per tensor), INT8_BLOCKS (one scale per block of values), or sparse (the (index, value)
+pairs top-k kept, their values raw or int8 in blocks). The receiver decodes each chunk straight
+into a buffer sized by the ModelSpec it expects, so the memory it holds is bounded by the model
+and never by what a peer claims; the settings of the compressed encodings (block size, how many
+values top-k keeps) come from the round's contract, and a chunk that disagrees is refused.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal, Protocol, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 
-from jurisfed.compression import int8
+from jurisfed.compression.codec import Codec, CodecKind, EncodedTensor
 from jurisfed.errors import InvalidInput
 from jurisfed.tensors import FloatArray, ModelSpec, TensorSpec, Weights
+from jurisfed.wire import encodings
+from jurisfed.wire.encodings import ENCODING_NAMES, Payload, PayloadRules
 from jurisfed.wire.v1 import tensors_pb2
 
 MAX_CHUNK_BYTES = 1 << 20
 
-_BYTES_PER_VALUE: dict[int, int] = {tensors_pb2.ENCODING_RAW: 4, tensors_pb2.ENCODING_INT8: 1}
-_ENCODING_NAMES: dict[int, str] = {value: name for name, value in tensors_pb2.Encoding.items()}
 _DTYPE_NAMES: dict[int, str] = {value: name for name, value in tensors_pb2.DType.items()}
-_RAW_DTYPE = np.dtype("<f4")
-# |byte| * scale <= 128 * scale: a scale up to this bound decodes to finite float32 values only.
-_MAX_INT8_SCALE = float(np.finfo(np.float32).max) / 128
-
-# Encodes one flat tensor: (values in the wire's dtype, INT8 scale or 0).
-_Encoder = Callable[[FloatArray], tuple[npt.NDArray[np.generic], float]]
+# The encodings encode_tensors produces by itself: they need no settings from a contract.
+_SIMPLE_CODECS = {
+    tensors_pb2.ENCODING_RAW: Codec(CodecKind.RAW),
+    tensors_pb2.ENCODING_INT8: Codec(CodecKind.INT8),
+}
 
 
 def encode_tensors(
@@ -42,68 +41,92 @@ def encode_tensors(
     rng: np.random.Generator | None = None,
     max_chunk_bytes: int = MAX_CHUNK_BYTES,
 ) -> Iterator[tensors_pb2.TensorChunk]:
-    """The chunks of `weights`, tensor by tensor in spec order, each at most max_chunk_bytes.
+    """The chunks of `weights` RAW or INT8, tensor by tensor in spec order, each at most max_chunk_bytes.
 
     An empty tensor is sent as one chunk without data, so the receiver sees it arrive.
     INT8 rounds stochastically and needs `rng`. Arguments are checked before the first chunk.
+    Other encodings take settings from the contract: encode with a Codec (or ErrorFeedback),
+    then send with encode_compressed.
     """
-    encode = _encoder(encoding, rng)
-    values_per_chunk = max_chunk_bytes // _BYTES_PER_VALUE[encoding]
-    if values_per_chunk < 1:
+    codec = _SIMPLE_CODECS.get(encoding)
+    if codec is None:
         raise ValueError(
-            f"max_chunk_bytes={max_chunk_bytes} cannot hold one {_ENCODING_NAMES[encoding]} value"
+            f"cannot encode tensors as {ENCODING_NAMES.get(encoding, encoding)} here: encode them with "
+            "their Codec and send them with encode_compressed"
         )
+    if codec.kind.stochastic and rng is None:
+        raise ValueError(f"{ENCODING_NAMES[encoding]} rounds stochastically: pass rng")
+    values_per_chunk = encodings.values_per_chunk(codec, max_chunk_bytes)
     spec.check(weights)
-    return _chunks(spec, weights, encoding, encode, values_per_chunk)
+    encoded = ((t.name, codec.encode(weights[t.name], rng)) for t in spec.tensors)
+    return _chunks(spec, encoded, values_per_chunk)
 
 
-def _encoder(encoding: int, rng: np.random.Generator | None) -> _Encoder:
-    if encoding == tensors_pb2.ENCODING_RAW:
-        return _raw
-    if encoding == tensors_pb2.ENCODING_INT8:
-        if rng is None:
-            raise ValueError("ENCODING_INT8 rounds stochastically: pass rng")
-        return functools.partial(int8.quantize, rng=rng)
-    raise ValueError(f"cannot encode tensors as {_ENCODING_NAMES.get(encoding, encoding)}")
+def encode_compressed(
+    spec: ModelSpec, tensors: Mapping[str, EncodedTensor], *, max_chunk_bytes: int = MAX_CHUNK_BYTES
+) -> Iterator[tensors_pb2.TensorChunk]:
+    """The chunks of tensors a Codec or ErrorFeedback encoded (all with one codec), in spec order.
 
-
-def _raw(values: FloatArray) -> tuple[npt.NDArray[np.generic], float]:
-    return values, 0.0
+    Arguments are checked before the first chunk: the tensors must be the spec's, with its sizes.
+    """
+    names = [t.name for t in spec.tensors]
+    if sorted(tensors) != sorted(names):
+        raise InvalidInput(f"tensors {sorted(tensors)} do not match the model's {names}")
+    codecs = {tensor.codec for tensor in tensors.values()}
+    if len(codecs) > 1:
+        raise ValueError(f"one stream, one codec; got {len(codecs)}")
+    for tensor in spec.tensors:
+        encoded_size = tensors[tensor.name].size
+        if encoded_size != tensor.size:
+            raise InvalidInput(
+                f"tensor {tensor.name!r} was encoded from {encoded_size} values, expected {tensor.size}"
+            )
+    if not codecs:
+        return iter(())
+    values_per_chunk = encodings.values_per_chunk(codecs.pop(), max_chunk_bytes)
+    return _chunks(spec, ((t.name, tensors[t.name]) for t in spec.tensors), values_per_chunk)
 
 
 def _chunks(
-    spec: ModelSpec,
-    weights: Mapping[str, FloatArray],
-    encoding: tensors_pb2.Encoding.ValueType,
-    encode: _Encoder,
-    values_per_chunk: int,
+    spec: ModelSpec, encoded: Iterator[tuple[str, EncodedTensor]], values_per_chunk: int
 ) -> Iterator[tensors_pb2.TensorChunk]:
-    for tensor in spec.tensors:
-        # Flat, contiguous and little-endian: no copy when the array already is.
-        values = np.ascontiguousarray(weights[tensor.name], dtype=_RAW_DTYPE).reshape(-1)
-        flat, scale = encode(values)
-        # max(size, 1): an empty tensor still yields its one (empty) chunk.
-        for offset in range(0, max(flat.size, 1), values_per_chunk):
+    for tensor, (name, encoded_tensor) in zip(spec.tensors, encoded, strict=True):
+        assert tensor.name == name
+        count = encoded_tensor.values.size  # values, or (index, value) pairs when sparse
+        # max(count, 1): an empty tensor still yields its one (empty) chunk.
+        for offset in range(0, max(count, 1), values_per_chunk):
+            stop = min(offset + values_per_chunk, count)
             yield tensors_pb2.TensorChunk(
                 name=tensor.name,
                 dtype=tensors_pb2.DTYPE_FLOAT32,
                 shape=tensor.shape,
                 offset=offset,
-                encoding=encoding,
-                scale=scale,
-                data=flat[offset : offset + values_per_chunk].tobytes(),
+                **encodings.payload_fields(encoded_tensor, offset, stop),
             )
 
 
 class _TensorBuffer:
     """One tensor's decoded values and how far the current stream has written them."""
 
-    __slots__ = ("encoding", "filled", "name", "scale", "shape", "size", "started", "values")
+    __slots__ = (
+        "encoding",
+        "filled",
+        "last_index",
+        "length",
+        "name",
+        "scale",
+        "shape",
+        "size",
+        "started",
+        "values",
+    )
     values: FloatArray
-    filled: int  # values written so far; the offset the next chunk must start at
+    filled: int  # values (pairs, sparse) written so far; the offset the next chunk must start at
+    length: int  # values (pairs, sparse) the stream carries for this tensor: its size, or kept
     started: bool
     encoding: int | None
     scale: float | None  # INT8 only: the scale every chunk of this tensor must repeat
+    last_index: int  # sparse only: the last position written; the next must exceed it
 
     def __init__(self, spec: TensorSpec) -> None:
         self.name = spec.name
@@ -114,17 +137,21 @@ class _TensorBuffer:
 
     def clear(self) -> None:
         self.filled = 0
+        self.length = self.size
         self.started = False
         self.encoding = None
         self.scale = None
+        self.last_index = -1
 
     @property
     def complete(self) -> bool:
-        return self.started and self.filled == self.size
+        return self.started and self.filled == self.length
 
     def progress(self) -> str:
         if not self.started:
             return f"{self.name!r} (no chunks)"
+        if self.encoding in encodings.SPARSE:
+            return f"{self.name!r} ({self.filled} of {self.length} kept pairs)"
         return f"{self.name!r} ({self.filled} of {self.size} values)"
 
 
@@ -133,24 +160,26 @@ class TensorAssembler:
 
     One stream at a time: add() every chunk, finish(), reset() before the next stream. The
     buffers are reused from stream to stream and never zeroed, since finish() requires every
-    value to have been written; finish() hands its buffers to the caller and takes fresh ones,
-    so returned weights never change afterwards. A malformed chunk raises InvalidInput naming
-    the tensor and changes nothing.
+    value to have been written (a sparse stream zeroes a tensor at its first chunk); finish()
+    hands its buffers to the caller and takes fresh ones, so returned weights never change
+    afterwards. A malformed chunk raises InvalidInput naming the tensor and changes nothing.
+
+    allowed_encodings may hold RAW and INT8; `codec`, the round contract's codec for this hop,
+    allows its own encoding too, with the block size and density every chunk must agree with.
     """
 
-    def __init__(self, spec: ModelSpec, *, allowed_encodings: frozenset[int]) -> None:
-        unsupported = sorted(allowed_encodings - _BYTES_PER_VALUE.keys())
-        if not allowed_encodings or unsupported:
-            raise ValueError(f"allowed_encodings must be a non-empty subset of {sorted(_BYTES_PER_VALUE)}")
+    def __init__(
+        self, spec: ModelSpec, *, allowed_encodings: frozenset[int] = frozenset(), codec: Codec | None = None
+    ) -> None:
+        self._rules = PayloadRules(allowed_encodings, codec)
         self._spec = spec
-        self._allowed_encodings = allowed_encodings
         self._tensors = {tensor.name: _TensorBuffer(tensor) for tensor in spec.tensors}
         self._payload_bytes = 0
         self._finished = False
 
     @property
     def payload_bytes(self) -> int:
-        """Bytes of chunk data accepted since the last reset()."""
+        """Bytes of chunk payload (data, scales, indices) accepted since the last reset()."""
         return self._payload_bytes
 
     def reset(self) -> None:
@@ -180,40 +209,33 @@ class TensorAssembler:
             raise InvalidInput(f"{where}: shape {list(shape)}, expected {list(tensor.shape)}")
         encoding = self._check_encoding(where, tensor, chunk.encoding)
 
-        data = chunk.data  # protobuf copies bytes on every access: read it once
-        count, partial = divmod(len(data), _BYTES_PER_VALUE[encoding])
-        if partial:
+        payload = Payload(chunk)
+        count = self._rules.count(where, encoding, payload)
+        length = self._rules.stream_length(where, encoding, payload, tensor.size)
+        pairs = encoding in encodings.SPARSE
+        if count == 0 and length > 0:
             raise InvalidInput(
-                f"{where}: {len(data)} bytes of {_ENCODING_NAMES[encoding]} data is not a whole "
-                f"number of {_BYTES_PER_VALUE[encoding]}-byte values"
+                f"{where}: empty chunk at offset {payload.offset}; the tensor has {length} "
+                + ("kept pairs" if pairs else "values")
             )
-        if count == 0 and tensor.size > 0:
+        if payload.offset != tensor.filled:
             raise InvalidInput(
-                f"{where}: empty chunk at offset {chunk.offset}; the tensor has {tensor.size} values"
-            )
-        if chunk.offset != tensor.filled:
-            raise InvalidInput(
-                f"{where}: chunk at offset {chunk.offset}, expected offset {tensor.filled} "
+                f"{where}: chunk at offset {payload.offset}, expected offset {tensor.filled} "
                 "(a tensor's chunks arrive in order, without gaps or repeats)"
             )
         end = tensor.filled + count
-        if end > tensor.size:
+        if end > length:
             raise InvalidInput(
-                f"{where}: chunk of {count} values at offset {chunk.offset} runs past the tensor's "
-                f"{tensor.size} values"
+                f"{where}: chunk of {count} {'pairs' if pairs else 'values'} at offset {payload.offset} "
+                f"runs past the tensor's {length} {'kept pairs' if pairs else 'values'}"
             )
 
-        target = tensor.values[tensor.filled : end]
-        if encoding == tensors_pb2.ENCODING_RAW:
-            _decode_raw(where, chunk.offset, data, target)
-        else:
-            scale = self._check_scale(where, tensor, chunk.scale)
-            np.multiply(np.frombuffer(data, dtype=np.int8), np.float32(scale), out=target)
-            tensor.scale = scale
+        self._decode(where, tensor, encoding, payload, end, last=end == length)
         tensor.encoding = encoding
+        tensor.length = length
         tensor.filled = end
         tensor.started = True
-        self._payload_bytes += len(data)
+        self._payload_bytes += payload.nbytes
 
     def staged(self) -> Weights:
         """The complete weights as views of this assembler's buffers, valid until reset().
@@ -237,44 +259,56 @@ class TensorAssembler:
         self._finished = True
         return weights
 
+    def _decode(
+        self, where: str, tensor: _TensorBuffer, encoding: int, payload: Payload, end: int, *, last: bool
+    ) -> None:
+        """Write the chunk's values into the tensor's buffer, once every check has passed."""
+        if encoding in encodings.SPARSE:
+            tensor.last_index = encodings.decode_sparse(
+                where,
+                encoding,
+                payload,
+                self._rules.block_size,
+                tensor.values,
+                after_index=tensor.last_index,
+                first=not tensor.started,
+                last=last,
+            )
+            return
+        target = tensor.values[tensor.filled : end]
+        if encoding == tensors_pb2.ENCODING_RAW:
+            encodings.decode_raw(where, payload.offset, payload.data, target)
+        elif encoding == tensors_pb2.ENCODING_INT8:
+            scale = self._check_scale(where, tensor, payload.scale)
+            np.multiply(np.frombuffer(payload.data, dtype=np.int8), np.float32(scale), out=target)
+            tensor.scale = scale
+        else:
+            assert self._rules.block_size is not None
+            encodings.decode_int8_blocks(where, payload, self._rules.block_size, target, last=last)
+
     def _check_encoding(self, where: str, tensor: _TensorBuffer, encoding: int) -> int:
-        if encoding not in self._allowed_encodings:
-            allowed = ", ".join(_ENCODING_NAMES[e] for e in sorted(self._allowed_encodings))
+        if encoding not in self._rules.allowed:
+            allowed = ", ".join(ENCODING_NAMES[e] for e in sorted(self._rules.allowed))
             raise InvalidInput(
-                f"{where}: encoding {_ENCODING_NAMES.get(encoding, encoding)} is not allowed here "
+                f"{where}: encoding {ENCODING_NAMES.get(encoding, encoding)} is not allowed here "
                 f"(allowed: {allowed})"
             )
         if tensor.encoding is not None and encoding != tensor.encoding:
             raise InvalidInput(
-                f"{where}: encoding changed from {_ENCODING_NAMES[tensor.encoding]} to "
-                f"{_ENCODING_NAMES[encoding]} at offset {tensor.filled}"
+                f"{where}: encoding changed from {ENCODING_NAMES[tensor.encoding]} to "
+                f"{ENCODING_NAMES[encoding]} at offset {tensor.filled}"
             )
         return encoding
 
     @staticmethod
     def _check_scale(where: str, tensor: _TensorBuffer, scale: float) -> float:
-        if not (math.isfinite(scale) and scale >= 0):
-            raise InvalidInput(f"{where}: INT8 scale {scale} is not a finite non-negative number")
-        if scale > _MAX_INT8_SCALE:
-            raise InvalidInput(f"{where}: INT8 scale {scale} would decode to values that overflow float32")
+        encodings.check_int8_scale(where, scale)
         if tensor.scale is not None and scale != tensor.scale:
             raise InvalidInput(
                 f"{where}: INT8 scale {scale} at offset {tensor.filled} differs from the scale "
                 f"{tensor.scale} of the tensor's earlier chunks"
             )
         return scale
-
-
-def _decode_raw(where: str, offset: int, data: bytes, target: FloatArray) -> None:
-    values = np.frombuffer(data, dtype=_RAW_DTYPE)
-    # One BLAS pass: a NaN or Inf anywhere makes the dot product non-finite. So do values
-    # whose squares overflow float32 (|x| > 1.8e19), which no model weight or delta has.
-    if not math.isfinite(np.dot(values, values)):
-        raise InvalidInput(
-            f"{where}: chunk at offset {offset} holds NaN or infinite values, or values too large "
-            "to aggregate (overflowing float32)"
-        )
-    target[...] = values
 
 
 _HeaderT_co = TypeVar("_HeaderT_co", covariant=True)

@@ -15,21 +15,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19jurisfed/v1/tensors.proto\x12\x0bjurisfed.v1\"\xa3\x01\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.jurisfed.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\'\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x15.jurisfed.v1.Encoding\x12\r\n\x05scale\x18\x06 \x01(\x02\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\"L\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.jurisfed.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"K\n\tModelSpec\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12(\n\x07tensors\x18\x02 \x03(\x0b\x32\x17.jurisfed.v1.TensorSpec*1\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01*I\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_RAW\x10\x01\x12\x11\n\rENCODING_INT8\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19jurisfed/v1/tensors.proto\x12\x0bjurisfed.v1\"\xe6\x01\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.jurisfed.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\'\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x15.jurisfed.v1.Encoding\x12\r\n\x05scale\x18\x06 \x01(\x02\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\x12\n\nblock_size\x18\x08 \x01(\r\x12\x0e\n\x06scales\x18\t \x01(\x0c\x12\x0f\n\x07indices\x18\n \x01(\x0c\x12\x0c\n\x04kept\x18\x0b \x01(\x03\"U\n\x05\x43odec\x12\'\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x15.jurisfed.v1.Encoding\x12\x0f\n\x07\x64\x65nsity\x18\x02 \x01(\x01\x12\x12\n\nblock_size\x18\x03 \x01(\r\"L\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.jurisfed.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"K\n\tModelSpec\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12(\n\x07tensors\x18\x02 \x03(\x0b\x32\x17.jurisfed.v1.TensorSpec*1\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01*\x9d\x01\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_RAW\x10\x01\x12\x11\n\rENCODING_INT8\x10\x02\x12\x18\n\x14\x45NCODING_INT8_BLOCKS\x10\x03\x12\x17\n\x13\x45NCODING_SPARSE_RAW\x10\x04\x12\x1f\n\x1b\x45NCODING_SPARSE_INT8_BLOCKS\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jurisfed.v1.tensors_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
-  _globals['_DTYPE']._serialized_start=363
-  _globals['_DTYPE']._serialized_end=412
-  _globals['_ENCODING']._serialized_start=414
-  _globals['_ENCODING']._serialized_end=487
+  _globals['_DTYPE']._serialized_start=517
+  _globals['_DTYPE']._serialized_end=566
+  _globals['_ENCODING']._serialized_start=569
+  _globals['_ENCODING']._serialized_end=726
   _globals['_TENSORCHUNK']._serialized_start=43
-  _globals['_TENSORCHUNK']._serialized_end=206
-  _globals['_TENSORSPEC']._serialized_start=208
-  _globals['_TENSORSPEC']._serialized_end=284
-  _globals['_MODELSPEC']._serialized_start=286
-  _globals['_MODELSPEC']._serialized_end=361
+  _globals['_TENSORCHUNK']._serialized_end=273
+  _globals['_CODEC']._serialized_start=275
+  _globals['_CODEC']._serialized_end=360
+  _globals['_TENSORSPEC']._serialized_start=362
+  _globals['_TENSORSPEC']._serialized_end=438
+  _globals['_MODELSPEC']._serialized_start=440
+  _globals['_MODELSPEC']._serialized_end=515
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@
 isort:skip_file
 Tensors on the wire: every model, update and aggregate travels as a stream of chunks
 of at most 1 MiB of payload. No pickle, no framework-specific serialization.
+docs/wire-format.md describes every encoding's byte layout and what a receiver checks.
 """
 
 import builtins
@@ -50,6 +51,19 @@ class _EncodingEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumT
     """One signed byte per value; value = byte * scale. The scale is per tensor and is repeated
     on every chunk of that tensor. Produced by unbiased stochastic rounding.
     """
+    ENCODING_INT8_BLOCKS: _Encoding.ValueType  # 3
+    """One signed byte per value; value = byte * scale of its block. The tensor is cut into
+    blocks of `block_size` values (the last may be shorter); a chunk starts on a block
+    boundary and carries, in `scales`, one scale per block it touches.
+    """
+    ENCODING_SPARSE_RAW: _Encoding.ValueType  # 4
+    """Sparse: (index, value) pairs of the values kept (top-k), indices strictly increasing;
+    every other value is zero. `indices` holds the positions, `data` the float32 values.
+    """
+    ENCODING_SPARSE_INT8_BLOCKS: _Encoding.ValueType  # 5
+    """Sparse as SPARSE_RAW, the kept values as in INT8_BLOCKS: one signed byte each, one
+    scale per block of `block_size` kept values (blocks count kept values, not positions).
+    """
 
 class Encoding(_Encoding, metaclass=_EncodingEnumTypeWrapper): ...
 
@@ -60,11 +74,26 @@ ENCODING_INT8: Encoding.ValueType  # 2
 """One signed byte per value; value = byte * scale. The scale is per tensor and is repeated
 on every chunk of that tensor. Produced by unbiased stochastic rounding.
 """
+ENCODING_INT8_BLOCKS: Encoding.ValueType  # 3
+"""One signed byte per value; value = byte * scale of its block. The tensor is cut into
+blocks of `block_size` values (the last may be shorter); a chunk starts on a block
+boundary and carries, in `scales`, one scale per block it touches.
+"""
+ENCODING_SPARSE_RAW: Encoding.ValueType  # 4
+"""Sparse: (index, value) pairs of the values kept (top-k), indices strictly increasing;
+every other value is zero. `indices` holds the positions, `data` the float32 values.
+"""
+ENCODING_SPARSE_INT8_BLOCKS: Encoding.ValueType  # 5
+"""Sparse as SPARSE_RAW, the kept values as in INT8_BLOCKS: one signed byte each, one
+scale per block of `block_size` kept values (blocks count kept values, not positions).
+"""
 global___Encoding = Encoding
 
 @typing.final
 class TensorChunk(google.protobuf.message.Message):
-    """One contiguous slice of one tensor, in row-major (C) order."""
+    """One contiguous slice of one tensor, in row-major (C) order. For the sparse encodings the
+    slice is of the tensor's (index, value) pairs, in increasing index order.
+    """
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
@@ -75,15 +104,33 @@ class TensorChunk(google.protobuf.message.Message):
     ENCODING_FIELD_NUMBER: builtins.int
     SCALE_FIELD_NUMBER: builtins.int
     DATA_FIELD_NUMBER: builtins.int
+    BLOCK_SIZE_FIELD_NUMBER: builtins.int
+    SCALES_FIELD_NUMBER: builtins.int
+    INDICES_FIELD_NUMBER: builtins.int
+    KEPT_FIELD_NUMBER: builtins.int
     name: builtins.str
     dtype: global___DType.ValueType
     """The dtype of the decoded tensor."""
     offset: builtins.int
-    """Index of the first element of this chunk in the flattened tensor."""
+    """Index of the first element of this chunk in the flattened tensor; for the sparse
+    encodings, the position of the chunk's first pair among the tensor's kept pairs.
+    """
     encoding: global___Encoding.ValueType
     scale: builtins.float
     """ENCODING_INT8 only: the dequantization scale."""
     data: builtins.bytes
+    block_size: builtins.int
+    """*_INT8_BLOCKS only: values per scale block, the block size of the round's contract."""
+    scales: builtins.bytes
+    """*_INT8_BLOCKS only: one little-endian float32 scale per block the chunk's values touch."""
+    indices: builtins.bytes
+    """SPARSE_* only: little-endian uint32 positions in the flattened tensor of the chunk's
+    values, strictly increasing within the chunk and across the tensor's chunks.
+    """
+    kept: builtins.int
+    """SPARSE_* only: the pairs the tensor carries over all its chunks (the same on each); the
+    contract's density fixes it: max(1, round(density * size)), at most size.
+    """
     @property
     def shape(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
         """The full shape of the decoded tensor (the same on every chunk of it)."""
@@ -98,10 +145,39 @@ class TensorChunk(google.protobuf.message.Message):
         encoding: global___Encoding.ValueType = ...,
         scale: builtins.float = ...,
         data: builtins.bytes = ...,
+        block_size: builtins.int = ...,
+        scales: builtins.bytes = ...,
+        indices: builtins.bytes = ...,
+        kept: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["data", b"data", "dtype", b"dtype", "encoding", b"encoding", "name", b"name", "offset", b"offset", "scale", b"scale", "shape", b"shape"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["block_size", b"block_size", "data", b"data", "dtype", b"dtype", "encoding", b"encoding", "indices", b"indices", "kept", b"kept", "name", b"name", "offset", b"offset", "scale", b"scale", "scales", b"scales", "shape", b"shape"]) -> None: ...
 
 global___TensorChunk = TensorChunk
+
+@typing.final
+class Codec(google.protobuf.message.Message):
+    """How one hop encodes its tensors, as the round contract names it."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ENCODING_FIELD_NUMBER: builtins.int
+    DENSITY_FIELD_NUMBER: builtins.int
+    BLOCK_SIZE_FIELD_NUMBER: builtins.int
+    encoding: global___Encoding.ValueType
+    density: builtins.float
+    """SPARSE_* only: the fraction of each tensor's values sent, in (0, 1]."""
+    block_size: builtins.int
+    """*_INT8_BLOCKS only: values per scale block, 1 to 65536."""
+    def __init__(
+        self,
+        *,
+        encoding: global___Encoding.ValueType = ...,
+        density: builtins.float = ...,
+        block_size: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["block_size", b"block_size", "density", b"density", "encoding", b"encoding"]) -> None: ...
+
+global___Codec = Codec
 
 @typing.final
 class TensorSpec(google.protobuf.message.Message):

@@ -4,6 +4,7 @@
 isort:skip_file
 Tensors on the wire: every model, update and aggregate travels as a stream of chunks
 of at most 1 MiB of payload. No pickle, no framework-specific serialization.
+docs/wire-format.md describes every encoding's byte layout and what a receiver checks.
 """
 
 import abc
