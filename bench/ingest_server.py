@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from jurisfed.audit.tier import open_tier_log
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import TlsFiles
 from jurisfed.rounds import TrainingConfig
@@ -76,11 +77,13 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = bench_spec(args.floats)
+    identity = Identity(JURISDICTION, Tier.REGIONAL, "regional-bench")
     aggregator = RegionalAggregator(
-        Identity(JURISDICTION, Tier.REGIONAL, "regional-bench"),
+        identity,
         CheckpointStore(args.state_dir),
         min_silos=1,
         max_concurrent_uploads=args.max_concurrent_uploads,
+        audit=open_tier_log(args.state_dir, identity, None),  # the real, fsync'd log
     )
     base = {t.name: np.full(t.shape, 0.5, dtype=np.float32) for t in spec.tensors}
     with serve(

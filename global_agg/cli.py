@@ -8,6 +8,7 @@ import threading
 from global_agg.config import GlobalConfig
 from global_agg.coordinator import GlobalCoordinator, RoundPlan
 from global_agg.servicer import global_service
+from jurisfed.audit.tier import open_tier_log
 from jurisfed.auth.identity import Tier
 from jurisfed.auth.pki import own_identity
 from jurisfed.errors import ConfigError
@@ -46,11 +47,14 @@ def run(config: GlobalConfig, stop: threading.Event) -> None:
         min_jurisdictions=config.min_jurisdictions,
         training=config.training,
     )
+    audit = open_tier_log(config.state_dir, identity, config.audit_key)
     coordinator = GlobalCoordinator(
+        identity,
         architecture.spec(),
         architecture.initial_weights(config.seed),
         CheckpointStore(config.state_dir / "checkpoints"),
         plan,
+        audit=audit,
     )
     host, port = split_address(config.listen)
     with serve(
@@ -69,4 +73,5 @@ def run(config: GlobalConfig, stop: threading.Event) -> None:
         coordinator.shutdown()
         server.stop(grace_s=5.0)
         rounds.join(timeout=5.0)
+    audit.close()
     log.info("stopped")

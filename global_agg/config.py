@@ -18,6 +18,10 @@ class GlobalConfig:
     listen: str = setting(
         "host:port to serve regionals and operators on (port 0 picks a free port)", "127.0.0.1:50051"
     )
+    audit_key: Path | None = setting(
+        "Ed25519 key that signs this tier's audit checkpoints; empty: made in state_dir on first start",
+        None,
+    )
     ready_file: Path | None = setting("file to write the bound host:port to once serving", None)
     architecture: str = setting("model architecture, e.g. mlp-64-256-128-10", "mlp-64-256-128-10")
     seed: int = setting("seed of the initial model weights", 0)

@@ -14,12 +14,15 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from jurisfed.aggregation.intake import Receipt
 from jurisfed.aggregation.open_round import Board, OpenRound, wait_for_announcement
+from jurisfed.audit.events import AuditEvent, Decision, Detail, EventKind, refusal_reason
+from jurisfed.audit.sink import AuditSink
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.roles import require_tier
-from jurisfed.errors import WrongState
+from jurisfed.errors import JurisfedError, WrongState
 from jurisfed.rounds import (
     AggregateHeader,
     Contribution,
@@ -59,7 +62,18 @@ class GlobalSnapshot:
 
 
 class GlobalCoordinator:
-    def __init__(self, spec: ModelSpec, initial: Weights, store: CheckpointStore, plan: RoundPlan) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        spec: ModelSpec,
+        initial: Weights,
+        store: CheckpointStore,
+        plan: RoundPlan,
+        *,
+        audit: AuditSink,
+    ) -> None:
+        self.identity = identity
+        self._audit = audit
         self._spec = spec
         self._store = store
         self._plan = plan
@@ -103,6 +117,36 @@ class GlobalCoordinator:
         return self._spec, self._open_round(round_number).base
 
     def submit_aggregate(
+        self, peer: Identity, header: AggregateHeader, chunks: Iterable[tensors_pb2.TensorChunk], meter: Meter
+    ) -> Receipt:
+        try:
+            receipt = self._take_aggregate(peer, header, chunks, meter)
+        except JurisfedError as error:
+            self._record(
+                EventKind.AGGREGATE_RECEIVED,
+                peer.jurisdiction,
+                round_number=header.round,
+                subject=peer,
+                decision=Decision.DENY,
+                details={Detail.REASON: refusal_reason(error), Detail.BYTES: meter.total_bytes},
+            )
+            raise
+        if not receipt.duplicate:
+            self._record(
+                EventKind.AGGREGATE_RECEIVED,
+                peer.jurisdiction,
+                round_number=header.round,
+                subject=peer,
+                decision=Decision.ALLOW,
+                details={
+                    Detail.COHORT_SIZE: header.cohort_size,
+                    Detail.EXAMPLE_COUNT: header.example_total,
+                    Detail.BYTES: meter.total_bytes,
+                },
+            )
+        return receipt
+
+    def _take_aggregate(
         self, peer: Identity, header: AggregateHeader, chunks: Iterable[tensors_pb2.TensorChunk], meter: Meter
     ) -> Receipt:
         self._check_registered(peer)
@@ -203,7 +247,19 @@ class GlobalCoordinator:
     def _close(self, opened: OpenRound) -> None:
         mean = opened.intake.close()
         cohort = opened.intake.contributors
-        if mean is None or len(cohort) < self._plan.min_jurisdictions:
+        quorum_met = mean is not None and len(cohort) >= self._plan.min_jurisdictions
+        self._record(
+            EventKind.GATE,
+            self.identity.jurisdiction,
+            round_number=opened.number,
+            decision=Decision.PASS if quorum_met else Decision.FAIL,
+            details={
+                Detail.METRIC: "jurisdiction quorum",
+                Detail.VALUE: len(cohort),
+                Detail.THRESHOLD: self._plan.min_jurisdictions,
+            },
+        )
+        if mean is None or not quorum_met:
             outcome = (
                 f"aborted: quorum not met ({len(cohort)} of {self._plan.min_jurisdictions} jurisdictions)"
             )
@@ -211,6 +267,13 @@ class GlobalCoordinator:
         else:
             model = add(opened.base, mean)
             info = self._store.save(opened.number, self._spec, model)
+            self._record(
+                EventKind.COMMIT,
+                self.identity.jurisdiction,
+                round_number=opened.number,
+                digests={"model": info.sha256},
+                details={Detail.CHECKPOINT_VERSION: info.version, Detail.COHORT_SIZE: len(cohort)},
+            )
             outcome, model_sha = "committed", info.sha256
             with self._changed:
                 self._model, self._model_sha256 = model, model_sha
@@ -231,6 +294,9 @@ class GlobalCoordinator:
         log.info(
             "round closed", extra={"round": opened.number, "outcome": outcome, "jurisdictions": list(cohort)}
         )
+
+    def _record(self, kind: EventKind, jurisdiction: str, **fields: Any) -> None:
+        self._audit.record(AuditEvent(kind=kind, actor=self.identity, jurisdiction=jurisdiction, **fields))
 
     def _open_round(self, round_number: int) -> OpenRound:
         with self._changed:

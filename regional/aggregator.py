@@ -14,12 +14,15 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from jurisfed.aggregation.intake import Receipt
 from jurisfed.aggregation.open_round import Board, OpenRound, wait_for_announcement
+from jurisfed.audit.events import AuditEvent, Decision, Detail, EventKind, refusal_reason
+from jurisfed.audit.sink import AuditSink
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.roles import require_tier
-from jurisfed.errors import InvalidInput, NotAllowed, NotFound, WrongState
+from jurisfed.errors import InvalidInput, JurisfedError, NotAllowed, NotFound, WrongState
 from jurisfed.rounds import RoundAnnouncement, RoundSummary, TrainingConfig, UpdateHeader
 from jurisfed.store.checkpoints import CheckpointStore
 from jurisfed.tensors import ModelSpec, Weights, add
@@ -48,9 +51,16 @@ class ClosedRound:
 
 class RegionalAggregator:
     def __init__(
-        self, identity: Identity, store: CheckpointStore, *, min_silos: int, max_concurrent_uploads: int
-    ):
+        self,
+        identity: Identity,
+        store: CheckpointStore,
+        *,
+        min_silos: int,
+        max_concurrent_uploads: int,
+        audit: AuditSink,
+    ) -> None:
         self.identity = identity
+        self._audit = audit
         self._personalized = store
         self._min_silos = min_silos
         self._max_concurrent = max_concurrent_uploads
@@ -74,6 +84,11 @@ class RegionalAggregator:
         with self._changed:
             self._silos[peer.node] = SiloRecord(peer.node, example_count, schema_sha256, code_version)
             self._changed.notify_all()
+        self._record(
+            EventKind.SILO_REGISTERED,
+            subject=peer,
+            details={Detail.EXAMPLE_COUNT: example_count, Detail.CODE_VERSION: code_version or "unknown"},
+        )
         log.info("silo registered", extra={"silo": peer.node, "examples": example_count})
         return peer.node
 
@@ -105,6 +120,30 @@ class RegionalAggregator:
     def submit_update(
         self, peer: Identity, header: UpdateHeader, chunks: Iterable[tensors_pb2.TensorChunk], meter: Meter
     ) -> Receipt:
+        try:
+            receipt = self._take_update(peer, header, chunks, meter)
+        except JurisfedError as error:
+            self._record(
+                EventKind.UPDATE_RECEIVED,
+                round_number=header.round,
+                subject=peer,
+                decision=Decision.DENY,
+                details={Detail.REASON: refusal_reason(error), Detail.BYTES: meter.total_bytes},
+            )
+            raise
+        if not receipt.duplicate:
+            self._record(
+                EventKind.UPDATE_RECEIVED,
+                round_number=header.round,
+                subject=peer,
+                decision=Decision.ALLOW,
+                details={Detail.EXAMPLE_COUNT: header.example_count, Detail.BYTES: meter.total_bytes},
+            )
+        return receipt
+
+    def _take_update(
+        self, peer: Identity, header: UpdateHeader, chunks: Iterable[tensors_pb2.TensorChunk], meter: Meter
+    ) -> Receipt:
         record = self._check_registered(peer)
         if header.example_count > record.example_count:
             raise InvalidInput(
@@ -121,6 +160,18 @@ class RegionalAggregator:
         with self._changed:
             self._changed.notify_all()
         return receipt
+
+    def forwarded(self, closed: ClosedRound, compression: str) -> None:
+        """Record that this round's aggregate crossed to the global aggregator."""
+        self._record(
+            EventKind.AGGREGATE_SENT,
+            round_number=closed.number,
+            details={
+                Detail.COHORT_SIZE: closed.cohort_size,
+                Detail.EXAMPLE_COUNT: closed.example_total,
+                Detail.COMPRESSION: compression,
+            },
+        )
 
     # --- upstream side -----------------------------------------------------------------------
 
@@ -190,7 +241,18 @@ class RegionalAggregator:
         mean = current.intake.close()
         cohort = current.intake.contributors
         examples = int(current.intake.total_weight)
-        if mean is None or len(cohort) < self._min_silos:
+        quorum_met = mean is not None and len(cohort) >= self._min_silos
+        self._record(
+            EventKind.GATE,
+            round_number=current.number,
+            decision=Decision.PASS if quorum_met else Decision.FAIL,
+            details={
+                Detail.METRIC: "silo quorum",
+                Detail.VALUE: len(cohort),
+                Detail.THRESHOLD: self._min_silos,
+            },
+        )
+        if mean is None or not quorum_met:
             reason = f"aborted: quorum not met ({len(cohort)} of {self._min_silos} silos)"
             model_sha = ""
             mean = None
@@ -214,6 +276,11 @@ class RegionalAggregator:
             self._changed.notify_all()
         log.info("round closed", extra={"round": current.number, "outcome": reason, "silos": len(cohort)})
         return ClosedRound(current.number, mean, len(cohort), examples, reason)
+
+    def _record(self, kind: EventKind, **fields: Any) -> None:
+        self._audit.record(
+            AuditEvent(kind=kind, actor=self.identity, jurisdiction=self.jurisdiction, **fields)
+        )
 
     def _open_round(self, round_number: int) -> OpenRound:
         with self._changed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from jurisfed.audit.tier import open_tier_log
 from jurisfed.auth.identity import Tier
 from jurisfed.auth.pki import own_identity
 from jurisfed.process import split_address, tier_main, write_ready_file
@@ -34,11 +35,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config: RegionalConfig, stop: threading.Event) -> None:
     identity = own_identity(config.tls.cert, Tier.REGIONAL, config.jurisdiction)
+    audit = open_tier_log(config.state_dir, identity, config.audit_key)
     aggregator = RegionalAggregator(
         identity,
         CheckpointStore(config.state_dir / "personalized"),
         min_silos=config.min_silos,
         max_concurrent_uploads=config.max_concurrent_uploads,
+        audit=audit,
     )
     host, port = split_address(config.listen)
     with serve(
@@ -66,4 +69,5 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
         server.stop(grace_s=5.0)
         channel.close()  # cancels the upstream's long poll
         follower.join(timeout=5.0)
+    audit.close()
     log.info("stopped")

@@ -16,6 +16,10 @@ class RegionalConfig:
     state_dir: Path = setting("directory for personalized models and state")
     tls: TlsFiles = setting("mutual TLS files: ca_cert, cert (URI SAN names jurisdiction/tier/node), key")
     listen: str = setting("host:port to serve silos on (port 0 picks a free port)", "127.0.0.1:50061")
+    audit_key: Path | None = setting(
+        "Ed25519 key that signs this tier's audit checkpoints; empty: made in state_dir on first start",
+        None,
+    )
     ready_file: Path | None = setting("file to write the bound host:port to once serving", None)
     min_silos: int = setting(
         "quorum: fewest silo updates a round needs before it is forwarded; the regional joins the "

@@ -117,6 +117,7 @@ class Upstream:
                 yield global_pb2.AggregateMessage(chunk=chunk)
 
         response = self._stub.SubmitAggregate(messages(), timeout=max(timeout_s, 1.0))
+        self._aggregator.forwarded(closed, compression="int8")
         log.info(
             "aggregate forwarded",
             extra={"round": closed.number, "silos": closed.cohort_size, "duplicate": response.duplicate},

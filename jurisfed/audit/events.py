@@ -30,7 +30,7 @@ from typing import TypeAlias, TypeVar
 
 from jurisfed.audit.merkle import leaf_hash
 from jurisfed.auth.identity import SCHEME, Identity, Tier
-from jurisfed.errors import InvalidInput
+from jurisfed.errors import InvalidInput, JurisfedError
 
 FORMAT_VERSION = 1
 GENESIS = "0" * 64  # the `previous` of record 0
@@ -285,6 +285,15 @@ _RECORD_KEYS = (
     "digests",
     "details",
 )
+
+
+def refusal_reason(error: JurisfedError) -> str:
+    """What an audit record says about a refusal: its kind and status, never the peer-naming text.
+
+    The full message (which names nodes) stays in the tier's round summary and logs; the
+    record names the peer once, in `subject`, where export can pseudonymise it.
+    """
+    return f"{type(error).__name__} ({error.status.name})"
 
 
 def canonical_json(value: Json) -> bytes:

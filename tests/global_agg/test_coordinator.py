@@ -17,6 +17,7 @@ import pytest
 
 from global_agg.coordinator import GlobalCoordinator, RoundPlan
 from global_agg.servicer import global_service
+from jurisfed.audit.sink import MemoryAuditSink
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import issue
 from jurisfed.rounds import TrainingConfig
@@ -100,7 +101,14 @@ def start_global(pki: Path, tmp_path: Path) -> Iterator[StartGlobal]:
         def start(store: CheckpointStore | None = None, **changes: object) -> Federation:
             tls = issue(pki, Identity("GLOBAL", Tier.GLOBAL, "global"), tmp_path / "global-tls")
             store = store or CheckpointStore(tmp_path / "checkpoints")
-            coordinator = GlobalCoordinator(SPEC, INITIAL, store, dataclasses.replace(PLAN, **changes))
+            coordinator = GlobalCoordinator(
+                Identity("GLOBAL", Tier.GLOBAL, "global"),
+                SPEC,
+                INITIAL,
+                store,
+                dataclasses.replace(PLAN, **changes),
+                audit=MemoryAuditSink(),
+            )
             federation = Federation(pki, tmp_path, coordinator, store)
             server = stack.enter_context(serve([global_service(coordinator)], tls))
             server.set_serving(True)

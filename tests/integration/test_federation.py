@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from jurisfed.audit.events import AuditRecord, EventKind
 from jurisfed.demo.partition import DEFAULT_ALPHA
 from jurisfed.demo.runner import DemoSettings, run_demo
 from jurisfed.modeling.mlp import DIGITS_MLP
@@ -54,6 +57,22 @@ def test_two_jurisdictions_two_silos_two_rounds_train_the_model(tmp_path: Path) 
     assert 0 < last.regional_to_global_bytes * 3.9 <= last.regional_to_global_float32_bytes
     assert last.silo_to_regional_bytes >= last.silo_to_regional_float32_bytes
     assert any("round 2/2 committed" in line for line in lines)
+
+    # Every aggregating tier left a signed audit log that verifies offline.
+    for tier_dir in ("global", "regional-EU", "regional-US"):
+        log = settings.out_dir / tier_dir / "audit.log.jsonl"
+        verified = subprocess.run(
+            [sys.executable, "-m", "jurisfed", "audit", "verify", str(log)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    log_lines = (settings.out_dir / "global" / "audit.log.jsonl").read_bytes().splitlines()
+    kinds = [AuditRecord.from_line(line).event.kind for line in log_lines]
+    assert kinds.count(EventKind.COMMIT) == 2
+    assert kinds.count(EventKind.AGGREGATE_RECEIVED) == 4
 
 
 def test_the_demo_refuses_to_clear_a_directory_it_did_not_make(tmp_path: Path) -> None:

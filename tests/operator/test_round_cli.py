@@ -11,6 +11,7 @@ import pytest
 
 from global_agg.coordinator import GlobalCoordinator, RoundPlan
 from global_agg.servicer import global_service
+from jurisfed.audit.sink import MemoryAuditSink
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import issue
 from jurisfed.cli import main
@@ -37,8 +38,10 @@ PLAN = RoundPlan(
 def finished_federation(pki: Path, tmp_path: Path) -> Iterator[str]:
     """A global that ran one round, committed with the EU aggregate; yields its address."""
     initial = {t.name: np.zeros(t.shape, dtype=np.float32) for t in SPEC.tensors}
-    coordinator = GlobalCoordinator(SPEC, initial, CheckpointStore(tmp_path / "checkpoints"), PLAN)
-    tls = issue(pki, Identity("GLOBAL", Tier.GLOBAL, "global-1"), tmp_path / "global")
+    identity = Identity("GLOBAL", Tier.GLOBAL, "global-1")
+    store = CheckpointStore(tmp_path / "checkpoints")
+    coordinator = GlobalCoordinator(identity, SPEC, initial, store, PLAN, audit=MemoryAuditSink())
+    tls = issue(pki, identity, tmp_path / "global")
     stop = threading.Event()
     with serve([global_service(coordinator)], tls) as server:
         server.set_serving(True)

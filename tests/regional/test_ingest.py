@@ -11,6 +11,8 @@ import grpc
 import numpy as np
 import pytest
 
+from jurisfed.audit.events import Decision, EventKind
+from jurisfed.audit.sink import MemoryAuditSink
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import issue
 from jurisfed.rounds import TrainingConfig
@@ -31,8 +33,11 @@ DEADLINE_S = 30.0
 class Federation:
     """One EU regional served over mTLS, and stubs for silos with certificates from the same CA."""
 
-    def __init__(self, pki: Path, tmp: Path, aggregator: RegionalAggregator, address: str) -> None:
+    def __init__(
+        self, pki: Path, tmp: Path, aggregator: RegionalAggregator, address: str, audit: MemoryAuditSink
+    ) -> None:
         self._pki, self._tmp, self.aggregator, self.address = pki, tmp, aggregator, address
+        self.audit = audit
         self._channels: list[grpc.Channel] = []
 
     def stub(self, identity: Identity) -> regional_pb2_grpc.RegionalAggregatorStub:
@@ -57,12 +62,17 @@ class Federation:
 def federation(pki: Path, tmp_path: Path) -> Iterator[Federation]:
     identity = Identity("EU", Tier.REGIONAL, "regional-eu")
     tls = issue(pki, identity, tmp_path / "regional")
+    audit = MemoryAuditSink()
     aggregator = RegionalAggregator(
-        identity, CheckpointStore(tmp_path / "personalized"), min_silos=2, max_concurrent_uploads=4
+        identity,
+        CheckpointStore(tmp_path / "personalized"),
+        min_silos=2,
+        max_concurrent_uploads=4,
+        audit=audit,
     )
     with serve([regional_service(aggregator)], tls) as server:
         server.set_serving(True)
-        running = Federation(pki, tmp_path, aggregator, server.address)
+        running = Federation(pki, tmp_path, aggregator, server.address, audit)
         yield running
         running.close()
 
@@ -153,6 +163,13 @@ def test_a_malformed_update_is_refused_and_the_round_goes_on(
     [summary] = federation.aggregator.history()
     assert summary.participants == ("silo-a", "silo-b")
     assert [r.sender for r in summary.rejections] == ["silo-c"]
+    updates = [r.event for r in federation.audit.records if r.event.kind is EventKind.UPDATE_RECEIVED]
+    assert [(e.subject.node if e.subject else None, e.decision) for e in updates] == [
+        ("silo-c", Decision.DENY),
+        ("silo-a", Decision.ALLOW),
+        ("silo-b", Decision.ALLOW),
+    ]
+    assert updates[0].details["reason"] == "InvalidInput (INVALID_ARGUMENT)"
 
 
 def test_an_update_for_another_round_fails_its_precondition(federation: Federation) -> None:
@@ -219,6 +236,8 @@ def test_the_round_aborts_below_quorum_and_keeps_no_personalized_model(federatio
     assert close_round(federation.aggregator) is None
     [summary] = federation.aggregator.history()
     assert summary.outcome.startswith("aborted: quorum not met (1 of 2 silos)")
+    [gate] = [r.event for r in federation.audit.records if r.event.kind is EventKind.GATE]
+    assert (gate.decision, gate.details["value"], gate.details["threshold"]) == (Decision.FAIL, 1, 2)
 
 
 def test_a_committed_round_serves_the_personalized_model_to_its_silos(federation: Federation) -> None:
