@@ -9,6 +9,7 @@ from pathlib import Path
 from jurisfed.audit.cli import add_audit_commands
 from jurisfed.errors import ConfigError
 from jurisfed.operator.cli import add_round_commands
+from jurisfed.policy.cli import add_policy_commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(commands)
     add_round_commands(commands)
+    add_policy_commands(commands)
     add_audit_commands(commands)
     args = parser.parse_args(argv)
     return int(args.run(args))
