@@ -25,9 +25,10 @@ KINDS = ["unary_unary", "unary_stream", "stream_unary", "stream_stream"]
 
 
 def _all_errors() -> list[type[JurisfedError]]:
+    """The exception tree of jurisfed.errors, where every status is defined (others inherit one)."""
     found: list[type[JurisfedError]] = [JurisfedError]
     for cls in found:
-        found.extend(cls.__subclasses__())
+        found.extend(sub for sub in cls.__subclasses__() if sub.__module__ == JurisfedError.__module__)
     return found
 
 
