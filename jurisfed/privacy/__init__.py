@@ -1,0 +1,1 @@
+"""Differential privacy at the regional: accounting (dp_accounting RDP), the ledger, reports."""
