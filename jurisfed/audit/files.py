@@ -14,6 +14,7 @@ from pathlib import Path
 
 from jurisfed.audit.errors import AuditUnavailable
 from jurisfed.errors import ConfigError
+from jurisfed.store.files import fsync_directory
 
 FILE_MODE = 0o640
 
@@ -84,22 +85,3 @@ class AppendOnlyFile:
             os.fsync(self._fd)
         except OSError:
             self._broken = f"a failed append ({error.strerror}) could not be rolled back"
-
-
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves either the old or the new file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    fsync_directory(path.parent)

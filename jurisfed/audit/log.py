@@ -27,12 +27,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jurisfed.audit.checkpoint import Checkpoint, SignedCheckpoint, checkpoints_path, sign
 from jurisfed.audit.errors import AuditIntegrityError, AuditUnavailable
 from jurisfed.audit.events import GENESIS, AuditEvent, AuditRecord, EventKind, sha256_hex
-from jurisfed.audit.files import AppendOnlyFile, write_atomically
+from jurisfed.audit.files import AppendOnlyFile
 from jurisfed.audit.keys import key_id, keys_by_id, load_public_keys, public_path, public_pem
 from jurisfed.audit.merkle import MerkleTree
 from jurisfed.audit.verify import Problem, Severity, check_checkpoints, scan_log
 from jurisfed.auth.identity import Identity
 from jurisfed.errors import ConfigError, WrongState
+from jurisfed.store.files import write_atomically
 
 DEFAULT_CHECKPOINT_EVERY = 64
 DEFAULT_CHECKPOINT_INTERVAL_S = 60.0

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from jurisfed.auth.identity import Identity, Tier, identity_from_certificate
 from jurisfed.errors import ConfigError, Unauthenticated
+from jurisfed.store.files import write_atomically
 
 CA_CERT_NAME = "ca.crt"
 CA_KEY_NAME = "ca.key"
@@ -271,15 +271,7 @@ def _write(path: Path, data: bytes, *, mode: int, exclusive: bool = False) -> No
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
             return
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        write_atomically(path, data, mode=mode)
     except FileExistsError:
         raise ConfigError(f"{path} already exists; refusing to overwrite it") from None
     except OSError as error:

@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,6 +43,7 @@ from jwt.exceptions import InvalidKeyError
 
 from jurisfed.auth.tokens import ALGORITHM, KID_PATTERN, Role, TrustedKey
 from jurisfed.errors import ConfigError
+from jurisfed.store.files import write_atomically
 
 _LOG = logging.getLogger("jurisfed.auth.tokens")
 
@@ -303,14 +303,6 @@ def _spki(public_key: ec.EllipticCurvePublicKey) -> bytes:
 def _write_atomically(path: Path, data: bytes, *, mode: int) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        write_atomically(path, data, mode=mode)
     except OSError as error:
         raise ConfigError(f"cannot write {path}: {error.strerror}") from None

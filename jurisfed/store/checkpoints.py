@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import zipfile
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from jurisfed.errors import NotFound
+from jurisfed.store.files import write_atomically
 from jurisfed.tensors import ModelSpec, Weights, weights_sha256
 
 _NAME = re.compile(r"^round-(\d{6})\.json$")
@@ -40,9 +40,9 @@ class CheckpointStore:
         info = CheckpointInfo(version, weights_sha256(spec, weights), spec.architecture)
         buffer = io.BytesIO()
         np.savez(buffer, **{t.name: weights[t.name] for t in spec.tensors})
-        _write_atomically(self._path(version, ".npz"), buffer.getvalue())
+        write_atomically(self._path(version, ".npz"), buffer.getvalue())
         manifest = {"version": version, "sha256": info.sha256, "architecture": info.architecture}
-        _write_atomically(self._path(version, ".json"), json.dumps(manifest, indent=2).encode())
+        write_atomically(self._path(version, ".json"), json.dumps(manifest, indent=2).encode())
         return info
 
     def load(self, version: int, spec: ModelSpec) -> Weights:
@@ -73,17 +73,3 @@ class CheckpointStore:
 
     def _path(self, version: int, suffix: str) -> Path:
         return self._directory / f"round-{version:06d}{suffix}"
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
