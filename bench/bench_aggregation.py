@@ -11,12 +11,12 @@ No assertions: the numbers are for people, to compare with REFERENCE.md.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from timing import best_seconds  # bench/ is on sys.path
 
 from jurisfed.aggregation.streaming_mean import BLOCK_BYTES, StreamingWeightedMean
 from jurisfed.compression.int8 import dequantize, quantize
@@ -24,17 +24,6 @@ from jurisfed.tensors import FloatArray, ModelSpec, TensorSpec
 
 Float64Array = npt.NDArray[np.float64]
 WEIGHT = 0.37
-
-
-def best_seconds(run: Callable[[], object], repeats: int) -> float:
-    """Best wall time of `repeats` runs after one warm-up run (which faults the pages in)."""
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def update_spec(update_mb: float) -> ModelSpec:

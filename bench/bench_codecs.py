@@ -22,9 +22,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 
 import numpy as np
+from timing import best_seconds  # bench/ is on sys.path
 
 from jurisfed.compression.codec import Codec, CodecKind, EncodedTensor
 from jurisfed.compression.error_feedback import ErrorFeedback
@@ -49,17 +49,6 @@ MLP_50K = ModelSpec(
         TensorSpec("out/bias", (10,)),
     ),
 )
-
-
-def best_seconds(run: Callable[[], object], repeats: int) -> float:
-    """Best wall time of `repeats` runs after one warm-up run (which faults the pages in)."""
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def wire_bytes(chunks: list[tensors_pb2.TensorChunk]) -> int:

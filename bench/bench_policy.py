@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from timing import best_seconds  # bench/ is on sys.path
 
 from jurisfed.policy import decide, load_policy, load_trusted_keys
 from jurisfed.policy.model import Artifact, Endpoint, Flow, MetadataField, PrivacySpend, Tier
@@ -53,16 +53,6 @@ FLOWS = {
     "EU personalized model -> global, default deny": Flow(Artifact.PERSONALIZED_MODEL, EU_REGIONAL, GLOBAL),
     "raw data, refused before any rule": Flow(Artifact.RAW_DATA, EU_SILO, EU_REGIONAL),
 }
-
-
-def best_seconds(run: Callable[[], object], repeats: int) -> float:
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

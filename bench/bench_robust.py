@@ -15,24 +15,14 @@ No assertions: the numbers are for people, to compare with REFERENCE.md (> 1 GB/
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import numpy as np
 import scipy.stats
 from threadpoolctl import threadpool_limits
+from timing import best_seconds  # bench/ is on sys.path
 
 from jurisfed.aggregation.robust import NETWORK_MAX_UPDATES, UpdateStack, coordinate_median, trimmed_mean
-
-
-def best_seconds(run: Callable[[], object], repeats: int) -> float:
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def bench(count: int, floats: int, trim: float, repeats: int) -> None:
