@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlite3
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 
 from jurisfed.errors import InvalidInput, JurisfedError, NotFound
+from jurisfed.store.sqlite import transaction
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS quarantine (
@@ -148,25 +149,14 @@ class QuarantineRegistry:
             median_time_to_remediation_s=statistics.median(remedied) if remedied else None,
         )
 
-    @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
-        try:
-            db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
-        except sqlite3.Error as error:
-            raise RegistryUnavailable(f"cannot open quarantine registry {self.path}: {error}") from error
-        try:
-            db.execute("PRAGMA synchronous = FULL")
-            if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
-                raise RegistryUnavailable(f"quarantine registry {self.path} cannot use a write-ahead log")
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            yield db
-            db.execute("COMMIT")
-        except sqlite3.Error as error:
-            raise RegistryUnavailable(f"quarantine registry {self.path}: {error}") from error
-        finally:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            db.close()
+    def _transaction(self, *, write: bool) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(
+            self.path,
+            write=write,
+            busy_timeout_s=self._busy_timeout_s,
+            what="quarantine registry",
+            unavailable=RegistryUnavailable,
+        )
 
 
 Row = tuple[int, str, int, str, float, float, float | None, str | None, str]

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from jurisfed.privacy.accounting import (
     rdp_curve,
     stored_epsilon,
 )
+from jurisfed.store.sqlite import transaction
 
 SCHEMA_VERSION = 1
 SECONDS_PER_DAY = 86_400.0
@@ -249,26 +250,14 @@ class PrivacyLedger:
         assert row is not None
         return _release(row)
 
-    @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
-        """A connection in one transaction: BEGIN IMMEDIATE takes the write lock up front."""
-        try:
-            db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
-        except sqlite3.Error as error:
-            raise LedgerUnavailable(f"cannot open privacy ledger {self.path}: {error}") from error
-        try:
-            db.execute("PRAGMA synchronous = FULL")
-            if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
-                raise LedgerUnavailable(f"privacy ledger {self.path} cannot use a write-ahead log")
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            yield db
-            db.execute("COMMIT")
-        except sqlite3.Error as error:
-            raise LedgerUnavailable(f"privacy ledger {self.path}: {error}") from error
-        finally:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            db.close()
+    def _transaction(self, *, write: bool) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(
+            self.path,
+            write=write,
+            busy_timeout_s=self._busy_timeout_s,
+            what="privacy ledger",
+            unavailable=LedgerUnavailable,
+        )
 
 
 def _checked(jurisdiction: str, release_id: str, event: DpEvent) -> str:
