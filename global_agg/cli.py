@@ -9,10 +9,12 @@ from global_agg.config import GlobalConfig
 from global_agg.coordinator import GlobalCoordinator, RoundPlan
 from global_agg.servicer import global_service
 from jurisfed.audit.tier import open_tier_log
-from jurisfed.auth.identity import Tier
+from jurisfed.auth.identity import GLOBAL_JURISDICTION, Tier
 from jurisfed.auth.pki import own_identity
 from jurisfed.errors import ConfigError
 from jurisfed.modeling.mlp import Mlp
+from jurisfed.policy.guard import PolicyGuard, load_tier_policy
+from jurisfed.policy.model import Policy
 from jurisfed.process import split_address, tier_main, write_ready_file
 from jurisfed.rpc.server import serve
 from jurisfed.store.checkpoints import CheckpointStore
@@ -26,15 +28,33 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m global_agg",
         description="Run the global aggregator: announce numbered rounds to the regional aggregators, "
         "combine their compressed aggregates weighted by example count and write each committed "
-        "model as a versioned checkpoint.",
+        "model as a versioned checkpoint. Every aggregate must be allowed by the exporting "
+        "jurisdiction's signed residency policy and by the global's own; an unsigned or altered "
+        "policy stops it at start-up (exit 2).",
         config_type=GlobalConfig,
         env_prefix="global",
         run=run,
     )
 
 
+def _member_policies(config: GlobalConfig) -> dict[str, Policy]:
+    members: dict[str, Policy] = {}
+    for path in config.member_policies:
+        member = load_tier_policy(path, config.policy_keys)
+        if member.jurisdiction in members or member.jurisdiction == GLOBAL_JURISDICTION:
+            raise ConfigError(f"member_policies: {path} is a second policy for {member.jurisdiction}")
+        members[member.jurisdiction] = member
+    if not members:
+        raise ConfigError("member_policies is empty: no jurisdiction could take part")
+    return members
+
+
 def run(config: GlobalConfig, stop: threading.Event) -> None:
-    identity = own_identity(config.tls.cert, Tier.GLOBAL)
+    identity = own_identity(config.tls.cert, Tier.GLOBAL, GLOBAL_JURISDICTION)
+    policy = load_tier_policy(config.policy, config.policy_keys, jurisdiction=GLOBAL_JURISDICTION)
+    if policy.hosting_location is None:
+        raise ConfigError(f"policy {config.policy} must name the hosting_location of the global aggregator")
+    members = _member_policies(config)
     try:
         architecture = Mlp.parse(config.architecture)
     except ValueError as error:
@@ -46,6 +66,7 @@ def run(config: GlobalConfig, stop: threading.Event) -> None:
         start_timeout_s=config.start_timeout_s,
         min_jurisdictions=config.min_jurisdictions,
         training=config.training,
+        upstream_compression=config.upstream_compression,
     )
     audit = open_tier_log(config.state_dir, identity, config.audit_key)
     coordinator = GlobalCoordinator(
@@ -55,6 +76,12 @@ def run(config: GlobalConfig, stop: threading.Event) -> None:
         CheckpointStore(config.state_dir / "checkpoints"),
         plan,
         audit=audit,
+        guard=PolicyGuard(policy, identity, audit),
+        members={j: PolicyGuard(p, identity, audit) for j, p in members.items()},
+    )
+    log.info(
+        "residency policies loaded",
+        extra={"policy": policy.label, "location": policy.hosting_location, "members": sorted(members)},
     )
     host, port = split_address(config.listen)
     with serve(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jurisfed.auth.pki import TlsFiles
 from jurisfed.config import setting
-from jurisfed.rounds import TrainingConfig
+from jurisfed.rounds import UPSTREAM_COMPRESSIONS, TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,15 @@ class GlobalConfig:
     state_dir: Path = setting("directory for versioned checkpoints and state")
     training: TrainingConfig = setting("local training settings handed to every silo")
     tls: TlsFiles = setting("mutual TLS files: ca_cert, cert (URI SAN names jurisdiction/tier/node), key")
+    policy: Path = setting(
+        "the global aggregator's signed residency policy (YAML); its hosting_location is where this "
+        "aggregator runs"
+    )
+    member_policies: tuple[Path, ...] = setting(
+        "the signed residency policy of every member jurisdiction; each must also allow what its "
+        "regional sends, and only these jurisdictions may register"
+    )
+    policy_keys: Path = setting("approver public keys trusted to sign policies: a .pem file or a directory")
     listen: str = setting(
         "host:port to serve regionals and operators on (port 0 picks a free port)", "127.0.0.1:50051"
     )
@@ -32,6 +41,9 @@ class GlobalConfig:
         "longest wait for the expected jurisdictions before starting anyway", 300.0
     )
     min_jurisdictions: int = setting("quorum: fewest jurisdiction aggregates a round needs to commit", 1)
+    upstream_compression: str = setting(
+        "how regionals encode the aggregates they forward: int8 (4x fewer bytes) or none", "int8"
+    )
     max_message_bytes: int = setting("largest single gRPC message accepted", 2 * 1024 * 1024)
 
     def __post_init__(self) -> None:
@@ -39,5 +51,7 @@ class GlobalConfig:
             raise ValueError("rounds must be at least 1")
         if self.round_deadline_s <= 0:
             raise ValueError("round_deadline_s must be positive")
+        if self.upstream_compression not in UPSTREAM_COMPRESSIONS:
+            raise ValueError(f"upstream_compression must be one of {', '.join(UPSTREAM_COMPRESSIONS)}")
         if self.min_jurisdictions < 1 or self.expected_jurisdictions < 1:
             raise ValueError("min_jurisdictions and expected_jurisdictions must be at least 1")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +20,15 @@ from jurisfed.aggregation.intake import Receipt
 from jurisfed.aggregation.open_round import Board, OpenRound, wait_for_announcement
 from jurisfed.audit.events import AuditEvent, Decision, Detail, EventKind, refusal_reason
 from jurisfed.audit.sink import AuditSink
-from jurisfed.auth.identity import Identity, Tier
+from jurisfed.auth.identity import GLOBAL_JURISDICTION, Identity, Tier
 from jurisfed.auth.roles import require_tier
-from jurisfed.errors import JurisfedError, WrongState
+from jurisfed.errors import JurisfedError, NotAllowed, WrongState
+from jurisfed.policy.guard import PolicyGuard
+from jurisfed.policy.model import Artifact, Endpoint, Flow
 from jurisfed.rounds import (
     AggregateHeader,
     Contribution,
+    Refusal,
     RoundAnnouncement,
     RoundState,
     RoundSummary,
@@ -40,6 +43,7 @@ log = logging.getLogger("jurisfed.global")
 
 # Aggregates staged at once; there is one per jurisdiction per round.
 MAX_CONCURRENT_AGGREGATES = 8
+_ENCODINGS = {"int8": tensors_pb2.ENCODING_INT8, "none": tensors_pb2.ENCODING_RAW}
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class RoundPlan:
     start_timeout_s: float
     min_jurisdictions: int
     training: TrainingConfig
+    upstream_compression: str = "int8"
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class GlobalSnapshot:
     jurisdictions: tuple[str, ...]
     rounds: tuple[RoundSummary, ...]
     contributions: tuple[Contribution, ...]
+    refusals: tuple[Refusal, ...]
 
 
 class GlobalCoordinator:
@@ -71,9 +77,16 @@ class GlobalCoordinator:
         plan: RoundPlan,
         *,
         audit: AuditSink,
+        guard: PolicyGuard,
+        members: Mapping[str, PolicyGuard],
     ) -> None:
+        """`guard` holds the global's own policy; `members` each member jurisdiction's policy,
+        which must also allow every aggregate that jurisdiction exports."""
         self.identity = identity
         self._audit = audit
+        self._guard = guard
+        self._members = dict(members)
+        self._endpoint = Endpoint(Tier.GLOBAL, GLOBAL_JURISDICTION, guard.location)
         self._spec = spec
         self._store = store
         self._plan = plan
@@ -90,12 +103,19 @@ class GlobalCoordinator:
         self._stopping = False
         self._history: list[RoundSummary] = []
         self._contributions: list[Contribution] = []
+        self._refusals: list[Refusal] = []
+        self._declined: set[str] = set()  # jurisdictions that declined the open round
         self._changed = threading.Condition()
 
     # --- regional side -----------------------------------------------------------------------
 
     def register_regional(self, peer: Identity) -> str:
         require_tier(peer, Tier.REGIONAL, "register as a regional aggregator")
+        if peer.jurisdiction not in self._members:
+            raise NotAllowed(
+                f"no residency policy of jurisdiction {peer.jurisdiction} is installed at the global "
+                f"aggregator (member policies: {', '.join(sorted(self._members)) or 'none'})"
+            )
         with self._changed:
             known = self._regionals.get(peer.jurisdiction)
             if known is not None and known.node != peer.node:
@@ -114,7 +134,47 @@ class GlobalCoordinator:
 
     def base_model(self, peer: Identity, round_number: int) -> tuple[ModelSpec, Weights]:
         self._check_registered(peer)
-        return self._spec, self._open_round(round_number).base
+        current = self._open_round(round_number)
+        flow = Flow(Artifact.MODEL_CHECKPOINT, self._endpoint, self._regional_endpoint(peer))
+        self._require_both(peer, flow, round_number)
+        return self._spec, current.base
+
+    def decline_round(
+        self, peer: Identity, round_number: int, rule_id: str, reason: str, policy_sha256: str
+    ) -> None:
+        """A regional's policy refused this round: go on without that jurisdiction at once."""
+        self._check_registered(peer)
+        self._open_round(round_number)
+        refusal = Refusal(round_number, peer.jurisdiction, rule_id[:200], reason[:900])
+        self._audit.record(
+            AuditEvent(
+                kind=EventKind.CONTRACT_DECISION,
+                actor=self.identity,
+                jurisdiction=peer.jurisdiction,
+                round_number=round_number,
+                subject=peer,
+                policy_hash=policy_sha256 or None,
+                decision=Decision.DENY,
+                rule=refusal.rule_id or "unnamed",
+                details={Detail.REASON: refusal.reason or "no reason given"},
+            )
+        )
+        with self._changed:
+            self._declined.add(peer.jurisdiction)
+            self._refusals.append(refusal)
+            self._changed.notify_all()
+        log.warning(
+            "round declined by a regional's policy",
+            extra={"round": round_number, "jurisdiction": peer.jurisdiction, "rule": rule_id},
+        )
+
+    def _regional_endpoint(self, peer: Identity) -> Endpoint:
+        return Endpoint(Tier.REGIONAL, peer.jurisdiction, self._members[peer.jurisdiction].location)
+
+    def _require_both(self, peer: Identity, flow: Flow, round_number: int) -> None:
+        """The exporting jurisdiction's policy and the global's own must both allow `flow`."""
+        self._members[peer.jurisdiction].require(flow, round_number=round_number, subject=peer)
+        self._guard.require(flow, round_number=round_number, subject=peer)
 
     def submit_aggregate(
         self, peer: Identity, header: AggregateHeader, chunks: Iterable[tensors_pb2.TensorChunk], meter: Meter
@@ -151,12 +211,35 @@ class GlobalCoordinator:
     ) -> Receipt:
         self._check_registered(peer)
         current = self._open_round(header.round)
+        self._check_attestation(peer, header)
+        if header.compression != current.upstream_compression:
+            raise WrongState(
+                f"round {header.round} asks for {current.upstream_compression} aggregates, "
+                f"not {header.compression}"
+            )
+        withheld = frozenset(header.withheld_tensors)
+        flow = Flow(
+            artifact=Artifact.AGGREGATE,
+            source=self._regional_endpoint(peer),
+            destination=self._endpoint,
+            cohort_silos=header.cohort_size,
+            compressed=header.compression != "none",
+            layers=frozenset(t.name for t in self._spec.tensors) - withheld,
+            # The header has no field that could name a silo or a host.
+            metadata_fields=frozenset(),
+        )
+        self._require_both(peer, flow, header.round)
         try:
             receipt = current.intake.receive(
-                peer.jurisdiction, header.idempotency_key, float(header.example_total), chunks
+                peer.jurisdiction,
+                header.idempotency_key,
+                float(header.example_total),
+                chunks,
+                withheld=withheld,
             )
         finally:
             current.intake.count_bytes(meter.total_bytes)
+        carried = self._spec.without(header.withheld_tensors)
         with self._changed:
             if not receipt.duplicate:
                 self._contributions.append(
@@ -166,12 +249,22 @@ class GlobalCoordinator:
                         cohort_size=header.cohort_size,
                         example_total=header.example_total,
                         bytes_received=meter.total_bytes,
-                        float32_bytes_equivalent=self._spec.float32_bytes,
+                        float32_bytes_equivalent=carried.float32_bytes,
                     )
                 )
             self._changed.notify_all()
         log.info("aggregate received", extra={"round": header.round, "jurisdiction": peer.jurisdiction})
         return receipt
+
+    def _check_attestation(self, peer: Identity, header: AggregateHeader) -> None:
+        installed = self._members[peer.jurisdiction].policy
+        if header.policy_sha256 != installed.sha256:
+            raise WrongState(
+                f"the {peer.jurisdiction} regional attests enforcing policy "
+                f"{header.policy_sha256 or '(none)'}, "
+                f"but the global holds {installed.label} {installed.sha256}: both sides must run the same "
+                "signed version"
+            )
 
     # --- the round loop ------------------------------------------------------------------------
 
@@ -201,6 +294,7 @@ class GlobalCoordinator:
                 jurisdictions=tuple(sorted(self._regionals)),
                 rounds=tuple(self._history),
                 contributions=tuple(self._contributions),
+                refusals=tuple(self._refusals),
             )
 
     def _await_jurisdictions(self, stop: threading.Event) -> None:
@@ -226,12 +320,15 @@ class GlobalCoordinator:
             self._plan.training,
             self._model,
             self._plan.round_deadline_s,
-            allowed_encodings=frozenset({tensors_pb2.ENCODING_RAW, tensors_pb2.ENCODING_INT8}),
+            allowed_encodings=frozenset({_ENCODINGS[self._plan.upstream_compression]}),
             max_concurrent=MAX_CONCURRENT_AGGREGATES,
             base_sha256=self._model_sha256,
+            global_location=self._guard.location or "",
+            upstream_compression=self._plan.upstream_compression,
         )
         intake = opened.intake
         with self._changed:
+            self._declined.clear()
             self._round = opened
             self._state = RoundState.OPEN
             self._changed.notify_all()
@@ -239,7 +336,11 @@ class GlobalCoordinator:
             while not stop.is_set():
                 remaining = opened.deadline - time.monotonic()
                 done = len(intake.contributors)
-                if remaining <= 0 or (done >= len(self._regionals) and done >= self._plan.min_jurisdictions):
+                settled = done + len(self._declined - set(intake.contributors))
+                everyone_settled = settled >= len(self._regionals)
+                if remaining <= 0 or (
+                    everyone_settled and (done >= self._plan.min_jurisdictions or self._declined)
+                ):
                     break
                 self._changed.wait(min(remaining, 0.5))
         self._close(opened)

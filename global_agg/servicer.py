@@ -50,6 +50,14 @@ class GlobalServicer(global_pb2_grpc.GlobalAggregatorServicer):
         )
         return global_pb2.SubmitAggregateResponse(accepted=receipt.accepted, duplicate=receipt.duplicate)
 
+    def DeclineRound(
+        self, request: global_pb2.DeclineRoundRequest, context: grpc.ServicerContext
+    ) -> global_pb2.DeclineRoundResponse:
+        self._coordinator.decline_round(
+            peer_identity(context), request.round, request.rule_id, request.reason, request.policy_sha256
+        )
+        return global_pb2.DeclineRoundResponse()
+
     def GetStatus(
         self, request: global_pb2.GetGlobalStatusRequest, context: grpc.ServicerContext
     ) -> global_pb2.GlobalStatus:
@@ -61,6 +69,7 @@ class GlobalServicer(global_pb2_grpc.GlobalAggregatorServicer):
             registered_jurisdictions=snapshot.jurisdictions,
             rounds=[serde.round_summary_to_proto(s) for s in snapshot.rounds],
             contributions=[serde.contribution_to_proto(c) for c in snapshot.contributions],
+            refusals=[serde.refusal_to_proto(r) for r in snapshot.refusals],
         )
 
 

@@ -61,7 +61,15 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--silos",
         type=int,
         default=DEMO_SILOS_PER_JURISDICTION,
-        help=f"silos per jurisdiction (default {DEMO_SILOS_PER_JURISDICTION})",
+        help=f"silos per jurisdiction, raised where a jurisdiction's policy requires a larger cohort "
+        f"(default {DEMO_SILOS_PER_JURISDICTION})",
+    )
+    demo.add_argument(
+        "--policies",
+        type=Path,
+        default=None,
+        help="directory of signed residency policies: global.yaml, one <jurisdiction>.yaml each "
+        "and keys/ with the approvers' public keys (default: the example policies in deploy/policies)",
     )
     demo.add_argument(
         "--alpha",
@@ -83,7 +91,7 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from jurisfed.demo.fleet import FleetError
-    from jurisfed.demo.runner import DemoSettings, run_demo
+    from jurisfed.demo.runner import DEFAULT_POLICIES, DemoSettings, run_demo
 
     settings = DemoSettings(
         out_dir=args.out,
@@ -94,6 +102,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         round_deadline_s=args.round_deadline,
         start_timeout_s=300.0,
+        policies=args.policies.resolve() if args.policies else DEFAULT_POLICIES,
     )
     if settings.rounds < 1 or settings.silos_per_jurisdiction < 1 or not settings.jurisdictions:
         print(

@@ -16,7 +16,7 @@ from types import FrameType
 from typing import TypeVar
 
 from jurisfed.config import describe, load_config
-from jurisfed.errors import ConfigError
+from jurisfed.errors import ConfigError, NotAllowed
 
 C = TypeVar("C")
 
@@ -89,7 +89,8 @@ def tier_main(
     """The command line every tier shares: --config and --log-level, then `run` until a stop signal.
 
     Exit codes: 0 after a clean stop, 2 for a configuration that cannot start, 3 when a peer
-    stayed unreachable for longer than the configuration allows.
+    stayed unreachable for longer than the configuration allows, 4 when a residency policy or
+    an identity check refuses what the node was configured to do.
     """
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -112,4 +113,7 @@ def tier_main(
     except TimeoutError as error:
         log.error("gave up: %s", error)
         return 3
+    except NotAllowed as error:
+        log.error("refused: %s", error)
+        return 4
     return 0

@@ -31,7 +31,13 @@ class RoundAnnouncement:
     training: TrainingConfig | None
     deadline_in_s: float
     base_model_sha256: str
+    # Where the global aggregator is hosted, so a regional can check its policy before the round.
+    global_location: str = ""
+    upstream_compression: str = "int8"
 
+
+# How a regional may encode the aggregate it forwards.
+UPSTREAM_COMPRESSIONS = ("int8", "none")
 
 # Largest example count one silo may claim; beyond this a claim is treated as hostile.
 MAX_EXAMPLES_PER_SILO = 1_000_000_000
@@ -56,6 +62,21 @@ class AggregateHeader:
     cohort_size: int
     example_total: int
     idempotency_key: str
+    # Tensors the exporting jurisdiction's policy keeps local; the aggregate carries the rest.
+    withheld_tensors: tuple[str, ...] = ()
+    # Attestation: the hash of the residency policy the regional enforced on this aggregate.
+    policy_sha256: str = ""
+    compression: str = "int8"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A jurisdiction that stayed out of a round because a policy refused, and the rule."""
+
+    round: int
+    jurisdiction: str
+    rule_id: str
+    reason: str
 
 
 @dataclass(frozen=True)

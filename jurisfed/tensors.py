@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +47,11 @@ class ModelSpec:
             if spec.name == name:
                 return spec
         raise InvalidInput(f"tensor {name!r} is not part of model {self.architecture!r}")
+
+    def without(self, names: Iterable[str]) -> ModelSpec:
+        """This spec less the tensors in `names` (what a sender withholding them streams)."""
+        left_out = frozenset(names)
+        return ModelSpec(self.architecture, tuple(t for t in self.tensors if t.name not in left_out))
 
     def zeros(self) -> Weights:
         return {t.name: np.zeros(t.shape, dtype=np.float32) for t in self.tensors}

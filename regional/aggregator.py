@@ -23,6 +23,8 @@ from jurisfed.audit.sink import AuditSink
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.roles import require_tier
 from jurisfed.errors import InvalidInput, JurisfedError, NotAllowed, NotFound, WrongState
+from jurisfed.policy.guard import PolicyGuard
+from jurisfed.policy.model import Artifact, Endpoint, Flow
 from jurisfed.rounds import RoundAnnouncement, RoundSummary, TrainingConfig, UpdateHeader
 from jurisfed.store.checkpoints import CheckpointStore
 from jurisfed.tensors import ModelSpec, Weights, add
@@ -58,8 +60,10 @@ class RegionalAggregator:
         min_silos: int,
         max_concurrent_uploads: int,
         audit: AuditSink,
+        guard: PolicyGuard,
     ) -> None:
         self.identity = identity
+        self.guard = guard
         self._audit = audit
         self._personalized = store
         self._min_silos = min_silos
@@ -75,10 +79,15 @@ class RegionalAggregator:
     def jurisdiction(self) -> str:
         return self.identity.jurisdiction
 
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint.of(self.identity, self.guard.location)
+
     # --- silo side -------------------------------------------------------------------------
 
     def register_silo(self, peer: Identity, example_count: int, schema_sha256: str, code_version: str) -> str:
         self._check_own_silo(peer)
+        self.guard.require(Flow(Artifact.TELEMETRY, Endpoint.of(peer), self.endpoint), subject=peer)
         if example_count < 1:
             raise InvalidInput(f"a silo must hold at least one example, {peer.node} declared {example_count}")
         with self._changed:
@@ -102,6 +111,7 @@ class RegionalAggregator:
     def base_model(self, peer: Identity, round_number: int) -> tuple[ModelSpec, Weights]:
         self._check_registered(peer)
         current = self._open_round(round_number)
+        self._require_downlink(Artifact.MODEL_CHECKPOINT, peer, round_number)
         return current.spec, current.base
 
     def personalized_model(self, peer: Identity, round_number: int) -> tuple[ModelSpec, Weights]:
@@ -115,7 +125,12 @@ class RegionalAggregator:
         version = round_number or committed[-1]
         if version not in committed:
             raise NotFound(f"no personalized model for round {version}; committed rounds: {committed}")
+        self._require_downlink(Artifact.PERSONALIZED_MODEL, peer, version)
         return spec, self._personalized.load(version, spec)
+
+    def _require_downlink(self, artifact: Artifact, peer: Identity, round_number: int) -> None:
+        flow = Flow(artifact, self.endpoint, Endpoint.of(peer))
+        self.guard.require(flow, round_number=round_number, subject=peer)
 
     def submit_update(
         self, peer: Identity, header: UpdateHeader, chunks: Iterable[tensors_pb2.TensorChunk], meter: Meter
@@ -145,6 +160,8 @@ class RegionalAggregator:
         self, peer: Identity, header: UpdateHeader, chunks: Iterable[tensors_pb2.TensorChunk], meter: Meter
     ) -> Receipt:
         record = self._check_registered(peer)
+        flow = Flow(Artifact.MODEL_UPDATE, Endpoint.of(peer), self.endpoint)
+        self.guard.require(flow, round_number=header.round, subject=peer)
         if header.example_count > record.example_count:
             raise InvalidInput(
                 f"update claims {header.example_count} examples; "
@@ -173,16 +190,44 @@ class RegionalAggregator:
             },
         )
 
+    def declined(self, number: int, reason: str) -> None:
+        """Record a round this regional's policy refused to run, for `round status`."""
+        summary = RoundSummary(
+            round=number,
+            outcome=f"declined: {reason}",
+            participants=(),
+            example_total=0,
+            bytes_received=0,
+            float32_bytes_equivalent=0,
+            wall_time_s=0.0,
+            model_sha256="",
+        )
+        with self._changed:
+            self._history.append(summary)
+            self._changed.notify_all()
+
     # --- upstream side -----------------------------------------------------------------------
 
     def open_round(
-        self, number: int, spec: ModelSpec, training: TrainingConfig, base: Weights, deadline_in_s: float
+        self,
+        number: int,
+        spec: ModelSpec,
+        training: TrainingConfig,
+        base: Weights,
+        deadline_in_s: float,
+        *,
+        local_layers: tuple[str, ...] = (),
     ) -> None:
+        """Open the local round on the global `base`, with this jurisdiction's own `local_layers`.
+
+        Layers the policy keeps local never come from the global aggregator: the round starts
+        from the jurisdiction's latest personalized values of them (FedPer), once there are any.
+        """
         local = OpenRound.start(
             number,
             spec,
             training,
-            base,
+            self._with_local_layers(spec, base, local_layers),
             deadline_in_s,
             allowed_encodings=frozenset({tensors_pb2.ENCODING_RAW}),
             max_concurrent=self._max_concurrent,
@@ -191,6 +236,18 @@ class RegionalAggregator:
             self._round = local
             self._changed.notify_all()
         log.info("round opened", extra={"round": number, "deadline_s": round(deadline_in_s, 1)})
+
+    def _with_local_layers(self, spec: ModelSpec, base: Weights, local_layers: tuple[str, ...]) -> Weights:
+        with self._changed:
+            committed = [s.round for s in self._history if s.outcome == "committed"]
+        if not local_layers or not committed:
+            return base
+        own = self._personalized.load(committed[-1], spec)
+        return {name: own[name] if name in local_layers else values for name, values in base.items()}
+
+    def registered_silos(self) -> int:
+        with self._changed:
+            return len(self._silos)
 
     def wait_for_quorum_of_silos(self, stop: threading.Event) -> None:
         """Block until at least `min_silos` silos registered: before that no round could commit."""

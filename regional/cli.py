@@ -8,6 +8,7 @@ import threading
 from jurisfed.audit.tier import open_tier_log
 from jurisfed.auth.identity import Tier
 from jurisfed.auth.pki import own_identity
+from jurisfed.policy.guard import PolicyGuard, load_tier_policy
 from jurisfed.process import split_address, tier_main, write_ready_file
 from jurisfed.rpc.channel import open_channel
 from jurisfed.rpc.server import serve
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m regional",
         description="Run a regional aggregator: serve this jurisdiction's silos over mTLS, aggregate "
         "their updates as they stream in, keep the jurisdiction's personalized model and forward "
-        "only the int8-compressed aggregate to the global aggregator.",
+        "only the compressed aggregate to the global aggregator, as far as the jurisdiction's signed "
+        "residency policy allows; an unsigned or altered policy stops it at start-up (exit 2).",
         config_type=RegionalConfig,
         env_prefix="regional",
         run=run,
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config: RegionalConfig, stop: threading.Event) -> None:
     identity = own_identity(config.tls.cert, Tier.REGIONAL, config.jurisdiction)
+    policy = load_tier_policy(config.policy, config.policy_keys, jurisdiction=config.jurisdiction)
     audit = open_tier_log(config.state_dir, identity, config.audit_key)
     aggregator = RegionalAggregator(
         identity,
@@ -42,7 +45,9 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
         min_silos=config.min_silos,
         max_concurrent_uploads=config.max_concurrent_uploads,
         audit=audit,
+        guard=PolicyGuard(policy, identity, audit),
     )
+    log.info("residency policy loaded", extra={"policy": policy.label, "sha256": policy.sha256})
     host, port = split_address(config.listen)
     with serve(
         [regional_service(aggregator)],

@@ -15,6 +15,10 @@ class RegionalConfig:
     global_address: str = setting("host:port of the global aggregator")
     state_dir: Path = setting("directory for personalized models and state")
     tls: TlsFiles = setting("mutual TLS files: ca_cert, cert (URI SAN names jurisdiction/tier/node), key")
+    policy: Path = setting(
+        "this jurisdiction's signed residency policy (YAML); the regional refuses to start without it"
+    )
+    policy_keys: Path = setting("approver public keys trusted to sign the policy: a .pem file or a directory")
     listen: str = setting("host:port to serve silos on (port 0 picks a free port)", "127.0.0.1:50061")
     audit_key: Path | None = setting(
         "Ed25519 key that signs this tier's audit checkpoints; empty: made in state_dir on first start",

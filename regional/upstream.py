@@ -1,5 +1,6 @@
 """The regional's link to the global aggregator: it dials out, follows the global's rounds,
-runs each one locally and forwards the int8-compressed aggregate delta.
+runs each one locally and forwards the compressed aggregate delta — only what its residency
+policy allows (see regional/export.py), and tells the global at once when the policy refuses.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import grpc
 import numpy as np
 
 from jurisfed import __version__
+from jurisfed.policy.model import Decision
 from jurisfed.rounds import AggregateHeader, RoundAnnouncement, RoundState
 from jurisfed.rpc.channel import DEFAULT_DEADLINE_S
 from jurisfed.rpc.retry import with_retry
@@ -24,6 +26,7 @@ from jurisfed.wire.chunks import encode_tensors
 from jurisfed.wire.models import receive_model
 from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, rounds_pb2, tensors_pb2
 from regional.aggregator import ClosedRound, RegionalAggregator
+from regional.export import Export, plan_export
 
 log = logging.getLogger("jurisfed.regional.upstream")
 T = TypeVar("T")
@@ -78,24 +81,65 @@ class Upstream:
     def _run_round(self, announcement: RoundAnnouncement) -> None:
         assert announcement.model_spec is not None
         assert announcement.training is not None
+        spec = announcement.model_spec
         local_deadline_s = announcement.deadline_in_s - self._margin_s
         if local_deadline_s <= 0:
             log.warning("joined round too late to take part", extra={"round": announcement.round})
+            return
+        # The contract against local policy, with the largest cohort this regional could gather.
+        contract = self._plan(announcement, cohort_silos=self._aggregator.registered_silos())
+        if not contract.allowed:
+            self._decline(announcement.round, contract.decision)
             return
         base = self._call("fetch the round's model", lambda: self._fetch_model(announcement))
         if base is None:
             return
         self._aggregator.open_round(
-            announcement.round, announcement.model_spec, announcement.training, base, local_deadline_s
+            announcement.round,
+            spec,
+            announcement.training,
+            base,
+            local_deadline_s,
+            local_layers=contract.withheld,
         )
         closed = self._aggregator.wait_for_close(self._stop)
         if closed.mean_delta is None:
             log.warning("round not forwarded", extra={"round": closed.number, "reason": closed.reason})
             return
+        export = self._plan(announcement, cohort_silos=closed.cohort_size)
+        if not export.allowed:
+            self._decline(closed.number, export.decision)
+            return
         key = f"{self._aggregator.jurisdiction}-{closed.number}-{secrets.token_hex(8)}"
+        self._call("submit the aggregate", lambda: self._submit(closed, spec, export, key, self._margin_s))
+
+    def _plan(self, announcement: RoundAnnouncement, *, cohort_silos: int) -> Export:
+        assert announcement.model_spec is not None
+        return plan_export(
+            self._aggregator.guard,
+            announcement.model_spec,
+            round_number=announcement.round,
+            global_location=announcement.global_location,
+            compression=announcement.upstream_compression,
+            cohort_silos=cohort_silos,
+        )
+
+    def _decline(self, round_number: int, decision: Decision) -> None:
+        """Local policy wins: tell the global which rule refused, so it need not wait for us."""
+        log.warning(
+            "round declined by residency policy",
+            extra={"round": round_number, "rule": decision.rule_id, "reason": decision.reason},
+        )
+        self._aggregator.declined(round_number, f"rule {decision.rule_id}: {decision.reason}")
+        request = global_pb2.DeclineRoundRequest(
+            round=round_number,
+            rule_id=decision.rule_id,
+            reason=decision.reason[:900],
+            policy_sha256=decision.policy_sha256,
+        )
         self._call(
-            "submit the aggregate",
-            lambda: self._submit(closed, announcement.model_spec, key, self._margin_s),  # type: ignore[arg-type]
+            "tell the global the round is declined",
+            lambda: self._stub.DeclineRound(request, timeout=DEFAULT_DEADLINE_S),
         )
 
     def _fetch_model(self, announcement: RoundAnnouncement) -> Weights:
@@ -104,20 +148,32 @@ class Upstream:
         chunks = self._stub.FetchModel(request, timeout=DEFAULT_DEADLINE_S)
         return receive_model(chunks, announcement.model_spec, announcement.base_model_sha256)
 
-    def _submit(self, closed: ClosedRound, spec: ModelSpec, key: str, timeout_s: float) -> None:
+    def _submit(
+        self, closed: ClosedRound, spec: ModelSpec, export: Export, key: str, timeout_s: float
+    ) -> None:
         assert closed.mean_delta is not None
-        delta: Weights = closed.mean_delta
+        sent = spec.without(export.withheld)
+        delta: Weights = {t.name: closed.mean_delta[t.name] for t in sent.tensors}
         header = serde.aggregate_header_to_proto(
-            AggregateHeader(closed.number, closed.cohort_size, closed.example_total, key)
+            AggregateHeader(
+                closed.number,
+                closed.cohort_size,
+                closed.example_total,
+                key,
+                withheld_tensors=export.withheld,
+                policy_sha256=export.decision.policy_sha256,
+                compression=export.compression,
+            )
         )
+        encoding = tensors_pb2.ENCODING_INT8 if export.compression == "int8" else tensors_pb2.ENCODING_RAW
 
         def messages() -> Iterator[global_pb2.AggregateMessage]:
             yield global_pb2.AggregateMessage(header=header)
-            for chunk in encode_tensors(spec, delta, encoding=tensors_pb2.ENCODING_INT8, rng=self._rng):
+            for chunk in encode_tensors(sent, delta, encoding=encoding, rng=self._rng):
                 yield global_pb2.AggregateMessage(chunk=chunk)
 
         response = self._stub.SubmitAggregate(messages(), timeout=max(timeout_s, 1.0))
-        self._aggregator.forwarded(closed, compression="int8")
+        self._aggregator.forwarded(closed, compression=export.compression)
         log.info(
             "aggregate forwarded",
             extra={"round": closed.number, "silos": closed.cohort_size, "duplicate": response.duplicate},

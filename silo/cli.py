@@ -5,8 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 
-from jurisfed.auth.identity import Tier
+from jurisfed.audit.tier import open_tier_log
+from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import own_identity
+from jurisfed.auth.server_identity import server_identity
+from jurisfed.errors import NotAllowed
+from jurisfed.policy.guard import PolicyGuard, load_tier_policy
+from jurisfed.policy.model import Artifact, Endpoint, Flow
 from jurisfed.process import tier_main
 from jurisfed.rpc.channel import open_channel, wait_until_serving
 from silo.config import SiloConfig
@@ -20,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m silo",
         description="Run a silo trainer: read local data, train the round's model with TensorFlow for "
         "the contracted epochs, and stream only the weight delta to this jurisdiction's regional "
-        "aggregator over mTLS. Raw records never leave this process.",
+        "aggregator over mTLS, and only if the jurisdiction's signed residency policy allows sending "
+        "to that regional (exit 4 if it does not). Raw records never leave this process.",
         config_type=SiloConfig,
         env_prefix="silo",
         run=run,
@@ -33,9 +39,36 @@ def run(config: SiloConfig, stop: threading.Event) -> None:
     from silo.data import load_dataset
 
     identity = own_identity(config.tls.cert, Tier.SILO, config.jurisdiction)
+    policy = load_tier_policy(config.policy, config.policy_keys, jurisdiction=config.jurisdiction)
     dataset = load_dataset(config.data)
     log.info("data loaded", extra={"examples": len(dataset.labels), "identity": str(identity)})
-    with open_channel(config.regional_address, config.tls) as channel:
-        wait_until_serving(channel, timeout_s=config.connect_timeout_s)
-        SiloClient(channel, dataset, seed=config.seed, stop=stop).run()
+    audit = open_tier_log(config.state_dir, identity, config.audit_key)
+    try:
+        with open_channel(config.regional_address, config.tls) as channel:
+            wait_until_serving(channel, timeout_s=config.connect_timeout_s)
+            regional = server_identity(config.regional_address, config.tls)
+            check_regional(PolicyGuard(policy, identity, audit), identity, regional)
+            SiloClient(channel, dataset, seed=config.seed, stop=stop).run()
+    finally:
+        audit.close()
     log.info("stopped")
+
+
+def check_regional(guard: PolicyGuard, identity: Identity, regional: Identity) -> None:
+    """Refuse (NotAllowed, exit 4) unless policy lets this silo report to and learn from `regional`.
+
+    The regional's identity comes from its verified certificate; its hosting location is the
+    one the policy names for its own jurisdiction's regional, and unknown for any other.
+    """
+    if regional.tier is not Tier.REGIONAL:
+        raise NotAllowed(f"{regional} is not a regional aggregator; a silo reports only to one")
+    own_regional = regional.jurisdiction == guard.policy.jurisdiction
+    there = Endpoint.of(regional, guard.location if own_regional else None)
+    here = Endpoint.of(identity)
+    for flow in (
+        Flow(Artifact.TELEMETRY, here, there),
+        Flow(Artifact.MODEL_UPDATE, here, there),
+        Flow(Artifact.MODEL_CHECKPOINT, there, here),
+    ):
+        guard.require(flow, subject=regional)
+    log.info("regional allowed by policy", extra={"regional": str(regional), "policy": guard.policy.label})

@@ -15,5 +15,14 @@ class SiloConfig:
     regional_address: str = setting("host:port of this jurisdiction's regional aggregator")
     data: Path = setting("local training data: .npz (arrays features, labels) or .csv (a label column)")
     tls: TlsFiles = setting("mutual TLS files: ca_cert, cert (URI SAN names jurisdiction/tier/node), key")
+    policy: Path = setting(
+        "this jurisdiction's signed residency policy (YAML): the silo sends updates only where it allows"
+    )
+    policy_keys: Path = setting("approver public keys trusted to sign the policy: a .pem file or a directory")
+    state_dir: Path = setting("directory for this silo's audit log of policy decisions")
+    audit_key: Path | None = setting(
+        "Ed25519 key that signs this silo's audit checkpoints; empty: made in state_dir on first start",
+        None,
+    )
     seed: int = setting("seed of local training (shuffling, dropout)", 0)
     connect_timeout_s: float = setting("how long to wait for the regional to be reachable at start", 120.0)

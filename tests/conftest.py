@@ -8,13 +8,20 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from jurisfed.audit.sink import AuditSink
+from jurisfed.auth.identity import Identity
 from jurisfed.auth.pki import create_ca
+from jurisfed.policy.guard import PolicyGuard, load_tier_policy
+from jurisfed.policy.signing import approve_file, generate_key_pair, load_private_key
+
+# The example residency policies, signed by the demo approver whose public key is in keys/.
+EXAMPLE_POLICIES = Path(__file__).resolve().parents[1] / "deploy" / "policies"
 
 _WORKER = "worker_binary"
 _WORKER_READY_S = 60
@@ -30,6 +37,54 @@ _CHANNEL_OPTIONS = [
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One federation CA for the whole run; tests issue their node certificates from it."""
     return create_ca(tmp_path_factory.mktemp("pki") / "ca")
+
+
+@pytest.fixture(scope="session")
+def example_policies() -> Path:
+    """deploy/policies: global.yaml, eu.yaml, in.yaml, us.yaml and keys/ (read only)."""
+    return EXAMPLE_POLICIES
+
+
+GuardFactory = Callable[[str, Identity, AuditSink], PolicyGuard]
+
+
+@pytest.fixture(scope="session")
+def example_guard() -> GuardFactory:
+    """make(jurisdiction, actor, audit): a guard over that jurisdiction's example policy."""
+
+    def make(jurisdiction: str, actor: Identity, audit: AuditSink) -> PolicyGuard:
+        policy = load_tier_policy(
+            EXAMPLE_POLICIES / f"{jurisdiction.lower()}.yaml", EXAMPLE_POLICIES / "keys"
+        )
+        return PolicyGuard(policy, actor, audit)
+
+    return make
+
+
+PolicyEdits = dict[str, Callable[[str], str]]
+PolicySet = Callable[[Path, PolicyEdits], Path]
+
+
+@pytest.fixture(scope="session")
+def signed_policy_set(tmp_path_factory: pytest.TempPathFactory) -> PolicySet:
+    """make(directory, edits): the example policies with `edits` applied (file name -> text
+    rewrite), each signed again by a test approver whose public key is directory/keys/."""
+    key_dir = tmp_path_factory.mktemp("approver")
+    generate_key_pair(key_dir / "approver.key.pem", key_dir / "approver.pem")
+    private_key = load_private_key(key_dir / "approver.key.pem")
+
+    def make(directory: Path, edits: PolicyEdits) -> Path:
+        (directory / "keys").mkdir(parents=True)
+        shutil.copy(key_dir / "approver.pem", directory / "keys" / "approver.pem")
+        for source in EXAMPLE_POLICIES.glob("*.yaml"):
+            text = source.read_text(encoding="utf-8")
+            edited = edits.get(source.name, lambda t: t)(text)
+            assert source.name not in edits or edited != text, f"edit of {source.name} changed nothing"
+            (directory / source.name).write_text(edited, encoding="utf-8")
+            approve_file(directory / source.name, private_key, "Test Approver")
+        return directory
+
+    return make
 
 
 @pytest.fixture(scope="session")

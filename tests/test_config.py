@@ -114,12 +114,17 @@ def test_absolute_and_home_paths_are_kept(tmp_path: Path, monkeypatch: pytest.Mo
     assert config.log_file == Path("/var/log/a.log")
 
 
+POLICY_YAML = "policy: eu.yaml\npolicy_keys: keys\n"
+
+
 def test_the_real_configs_load_from_yaml(tmp_path: Path) -> None:
     regional = load_config(
         RegionalConfig,
         write(
             tmp_path,
-            "jurisdiction: EU\nglobal_address: global.example:50051\nstate_dir: state\n" + TLS_YAML,
+            "jurisdiction: EU\nglobal_address: global.example:50051\nstate_dir: state\n"
+            + POLICY_YAML
+            + TLS_YAML,
             "regional.yaml",
         ),
         env_prefix="regional",
@@ -129,12 +134,16 @@ def test_the_real_configs_load_from_yaml(tmp_path: Path) -> None:
         tmp_path / "pki/ca.crt", tmp_path / "pki/tls.crt", tmp_path / "pki/tls.key"
     )
     assert (regional.jurisdiction, regional.state_dir, regional.min_silos) == ("EU", tmp_path / "state", 2)
+    assert (regional.policy, regional.policy_keys) == (tmp_path / "eu.yaml", tmp_path / "keys")
 
     silo = load_config(
         SiloConfig,
         write(
             tmp_path,
-            "jurisdiction: EU\nregional_address: localhost:50061\ndata: data.npz\nseed: 7\n" + TLS_YAML,
+            "jurisdiction: EU\nregional_address: localhost:50061\ndata: data.npz\nseed: 7\n"
+            + "state_dir: silo-state\n"
+            + POLICY_YAML
+            + TLS_YAML,
             "silo.yaml",
         ),
         env_prefix="silo",
@@ -163,11 +172,18 @@ def test_environment_variables_override_the_file_also_in_nested_keys(tmp_path: P
 
 
 def test_the_global_training_epochs_can_be_overridden_from_the_environment(tmp_path: Path) -> None:
-    path = write(tmp_path, "state_dir: state\ntraining:\n  epochs: 3\n  batch_size: 8\n" + TLS_YAML)
+    path = write(
+        tmp_path,
+        "state_dir: state\ntraining:\n  epochs: 3\n  batch_size: 8\n"
+        + POLICY_YAML
+        + "member_policies: [eu.yaml, us.yaml]\n"
+        + TLS_YAML,
+    )
     config = load_config(
         GlobalConfig, path, env_prefix="global", environ={"JURISFED_GLOBAL_TRAINING_EPOCHS": "5"}
     )
     assert (config.training.epochs, config.training.batch_size) == (5, 8)
+    assert config.member_policies == (tmp_path / "eu.yaml", tmp_path / "us.yaml")
 
 
 def test_an_empty_environment_variable_clears_an_optional_value(tmp_path: Path) -> None:
@@ -307,7 +323,11 @@ def test_a_list_for_a_number_key_is_a_config_error(tmp_path: Path) -> None:
 def test_values_the_dataclass_itself_refuses_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"invalid configuration: ratio must be in \[0, 1\)"):
         load(write(tmp_path, "name: a\ndata_dir: /d\nratio: 1.5\n"))
-    path = write(tmp_path, "state_dir: s\nrounds: 0\n" + TLS_YAML, "global.yaml")
+    path = write(
+        tmp_path,
+        "state_dir: s\nrounds: 0\nmember_policies: [eu.yaml]\n" + POLICY_YAML + TLS_YAML,
+        "global.yaml",
+    )
     with pytest.raises(ConfigError, match="rounds must be at least 1"):
         load_config(GlobalConfig, path, env_prefix="global", environ={})
 

@@ -50,9 +50,18 @@ class RoundIntake:
         self._closed = False
 
     def receive(
-        self, sender: str, key: str, weight: float, chunks: Iterable[tensors_pb2.TensorChunk]
+        self,
+        sender: str,
+        key: str,
+        weight: float,
+        chunks: Iterable[tensors_pb2.TensorChunk],
+        *,
+        withheld: frozenset[str] = frozenset(),
     ) -> Receipt:
-        """Stage, validate and add one contribution; a retry with the same key is a no-op."""
+        """Stage, validate and add one contribution; a retry with the same key is a no-op.
+
+        `withheld`: tensors the sender declared it leaves out (kept local by its policy).
+        """
         try:
             with self._lock:
                 self._check_open()
@@ -60,7 +69,7 @@ class RoundIntake:
                     return Receipt(accepted=True, duplicate=True)
                 if sender in self._contributors:
                     raise WrongState(f"{sender} already contributed to round {self.round}")
-            with self._staging() as assembler:
+            with self._staging(withheld) as assembler:
                 for chunk in chunks:
                     assembler.add(chunk)
                 update = assembler.staged()
@@ -68,7 +77,7 @@ class RoundIntake:
                     self._check_open()
                     if sender in self._contributors:
                         return Receipt(accepted=True, duplicate=self._contributors[sender] == key)
-                    self._mean.add(update, weight)
+                    self._mean.add(update, weight, withheld=withheld)
                     self._contributors[sender] = key
                     self._weights[sender] = weight
             return Receipt(accepted=True, duplicate=False)
@@ -118,14 +127,14 @@ class RoundIntake:
             raise WrongState(f"round {self.round} is closed; the contribution arrived too late")
 
     @contextmanager
-    def _staging(self) -> Iterator[TensorAssembler]:
+    def _staging(self, withheld: frozenset[str]) -> Iterator[TensorAssembler]:
         """A staging buffer for one upload; folded from in place, then handed back."""
         if not self._slots.acquire(timeout=STAGING_WAIT_S):
             raise TooLarge(f"too many concurrent uploads to round {self.round}; retry later")
         with self._lock:
             assembler = self._free.pop()
         try:
-            assembler.reset()
+            assembler.reset(withheld)
             yield assembler
         finally:
             with self._lock:

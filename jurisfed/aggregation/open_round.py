@@ -28,6 +28,9 @@ class OpenRound:
     intake: RoundIntake
     deadline: float  # time.monotonic()
     started: float = field(default_factory=time.monotonic)
+    # What the global announces for the regionals' border check; empty at a regional.
+    global_location: str = ""
+    upstream_compression: str = "int8"
 
     @classmethod
     def start(
@@ -41,11 +44,24 @@ class OpenRound:
         allowed_encodings: frozenset[int],
         max_concurrent: int,
         base_sha256: str | None = None,
+        global_location: str = "",
+        upstream_compression: str = "int8",
     ) -> OpenRound:
         intake = RoundIntake(number, spec, allowed_encodings=allowed_encodings, max_concurrent=max_concurrent)
         now = time.monotonic()
         sha = base_sha256 if base_sha256 is not None else weights_sha256(spec, base)
-        return cls(number, spec, training, base, sha, intake, now + duration_s, now)
+        return cls(
+            number,
+            spec,
+            training,
+            base,
+            sha,
+            intake,
+            now + duration_s,
+            now,
+            global_location=global_location,
+            upstream_compression=upstream_compression,
+        )
 
     def is_news_to(self, after_round: int) -> bool:
         return self.number > after_round and self.intake.is_open and time.monotonic() < self.deadline
@@ -58,6 +74,8 @@ class OpenRound:
             training=self.training,
             deadline_in_s=max(0.0, self.deadline - time.monotonic()),
             base_model_sha256=self.base_sha256,
+            global_location=self.global_location,
+            upstream_compression=self.upstream_compression,
         )
 
 

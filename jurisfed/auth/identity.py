@@ -29,6 +29,16 @@ _NODE = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _URI = re.compile(rf"{SCHEME}://(?P<jurisdiction>[^/]*)/(?P<tier>[^/]*)/(?P<node>[^/]*)")
 
 
+# The jurisdiction the global aggregator's certificate names: it belongs to no member.
+GLOBAL_JURISDICTION = "GLOBAL"
+
+
+def check_jurisdiction(name: str) -> None:
+    """ValueError unless `name` is spelt as a jurisdiction: 2-16 uppercase letters or digits."""
+    if not re.fullmatch(_JURISDICTION, name):
+        raise ValueError(f"jurisdiction {name!r} must be 2-16 uppercase letters or digits (e.g. EU)")
+
+
 class Tier(enum.Enum):
     """The role a node plays in the federation."""
 
@@ -49,10 +59,7 @@ class Identity:
     def __post_init__(self) -> None:
         if not isinstance(self.tier, Tier):
             raise TypeError(f"tier must be a Tier, not {self.tier!r}")
-        if not re.fullmatch(_JURISDICTION, self.jurisdiction):
-            raise ValueError(
-                f"jurisdiction {self.jurisdiction!r} must be 2-16 uppercase letters or digits (e.g. EU)"
-            )
+        check_jurisdiction(self.jurisdiction)
         if not re.fullmatch(_NODE, self.node):
             raise ValueError(
                 f"node {self.node!r} must be 1-63 lowercase letters, digits or hyphens, "

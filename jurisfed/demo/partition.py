@@ -119,19 +119,19 @@ class Partition:
 def partition_digits(
     out_dir: Path,
     jurisdictions: Sequence[str],
-    silos_per_jurisdiction: int,
+    silo_counts: Sequence[int],
     *,
     alpha: float,
     seed: int,
     test_fraction: float,
 ) -> Partition:
     """Write the demo's data files under `out_dir`; the same arguments write the same files."""
-    _check_arguments(jurisdictions, silos_per_jurisdiction, alpha, test_fraction)
+    _check_arguments(jurisdictions, silo_counts, alpha, test_fraction)
     features, labels = _load_digits()
     rng = np.random.default_rng(seed)
     train_index, test_index = _stratified_split(labels, test_fraction, rng)
     shares = _draw_shares(
-        labels[train_index], labels[test_index], len(jurisdictions), silos_per_jurisdiction, alpha, rng
+        labels[train_index], labels[test_index], len(jurisdictions), max(silo_counts), alpha, rng
     )
     train_parts = _divide_by_class(train_index, labels, shares, rng)
     test_parts = _divide_by_class(test_index, labels, shares, rng)
@@ -144,7 +144,7 @@ def partition_digits(
     for j, name in enumerate(jurisdictions):
         silos: list[SiloPartition] = []
         members = rng.permutation(train_parts[j])
-        for k, share in enumerate(np.array_split(members, silos_per_jurisdiction)):
+        for k, share in enumerate(np.array_split(members, silo_counts[j])):
             silo_name = f"{name.lower()}-silo-{k + 1}"
             suffix = ".npz" if silo_number % 2 == 0 else ".csv"
             silo_number += 1
@@ -191,7 +191,7 @@ def load_split(path: Path) -> tuple[FloatArray, IntArray]:
 
 
 def _check_arguments(
-    jurisdictions: Sequence[str], silos_per_jurisdiction: int, alpha: float, test_fraction: float
+    jurisdictions: Sequence[str], silo_counts: Sequence[int], alpha: float, test_fraction: float
 ) -> None:
     if not jurisdictions:
         raise ConfigError("at least one jurisdiction is needed")
@@ -202,8 +202,11 @@ def _check_arguments(
             raise ConfigError(
                 f"jurisdiction {name!r} must be a non-empty alphanumeric name (it becomes a folder)"
             )
-    if silos_per_jurisdiction < 1:
-        raise ConfigError(f"silos_per_jurisdiction must be at least 1, got {silos_per_jurisdiction}")
+    if len(silo_counts) != len(jurisdictions) or min(silo_counts) < 1:
+        raise ConfigError(
+            f"silo_counts must give at least 1 silo for each of {list(jurisdictions)}, "
+            f"got {list(silo_counts)}"
+        )
     if not alpha > 0:
         raise ConfigError(f"alpha must be positive, got {alpha}")
     if not 0 < test_fraction < 1:
@@ -238,7 +241,7 @@ def _draw_shares(
     train_labels: IntArray,
     test_labels: IntArray,
     jurisdiction_count: int,
-    silos_per_jurisdiction: int,
+    most_silos: int,
     alpha: float,
     rng: np.random.Generator,
 ) -> npt.NDArray[np.float64]:
@@ -246,10 +249,10 @@ def _draw_shares(
     train_counts = np.bincount(train_labels, minlength=NUM_CLASSES)
     test_counts = np.bincount(test_labels, minlength=NUM_CLASSES)
     even_share = train_counts.sum() / jurisdiction_count
-    floor = max(MIN_SHARE_OF_EVEN * even_share, MIN_SILO_EXAMPLES * silos_per_jurisdiction)
+    floor = max(MIN_SHARE_OF_EVEN * even_share, MIN_SILO_EXAMPLES * most_silos)
     if floor * jurisdiction_count > train_counts.sum():
         raise ConfigError(
-            f"{jurisdiction_count} jurisdictions x {silos_per_jurisdiction} silos cannot each get "
+            f"{jurisdiction_count} jurisdictions x up to {most_silos} silos cannot each get "
             f"{MIN_SILO_EXAMPLES} of the {int(train_counts.sum())} training examples"
         )
     for _ in range(MAX_DRAWS):

@@ -1,8 +1,9 @@
 """`jurisfed demo`: a whole federation on this machine, trained on non-IID digits.
 
 One global aggregator, one regional aggregator per jurisdiction and its silos run as separate
-OS processes talking gRPC over mutual TLS on localhost. The demo plays the operator: it
-provisions certificates, writes each process its config, watches the rounds through the
+OS processes talking gRPC over mutual TLS on localhost, each under its jurisdiction's signed
+residency policy (deploy/policies by default). The demo plays the operator: it provisions
+certificates, writes each process its config, watches the rounds through the
 operator status RPCs, evaluates every committed checkpoint on held-out data and writes the
 results. The held-out test splits stand in for each jurisdiction's own evaluation data; in a
 real deployment they never leave the jurisdiction either.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from jurisfed.auth.identity import Identity, Tier
+from jurisfed.auth.identity import GLOBAL_JURISDICTION, Identity, Tier
 from jurisfed.auth.pki import TlsFiles, create_ca, issue
 from jurisfed.demo.fleet import Fleet, FleetError, Member
 from jurisfed.demo.partition import (
@@ -32,12 +33,18 @@ from jurisfed.demo.report import DemoResults, RoundResult
 from jurisfed.errors import ConfigError, NotFound
 from jurisfed.modeling.mlp import DIGITS_MLP
 from jurisfed.operator.client import FederationStatus, OperatorClient
+from jurisfed.policy.engine import requirements
+from jurisfed.policy.errors import PolicyError
+from jurisfed.policy.loader import read_policy
+from jurisfed.policy.model import Artifact, Endpoint, Policy
 from jurisfed.rounds import RoundState, RoundSummary
 from jurisfed.store.checkpoints import CheckpointStore
 from jurisfed.tensors import Weights
 
-GLOBAL = Identity("GLOBAL", Tier.GLOBAL, "global-1")
-OPERATOR = Identity("GLOBAL", Tier.OPERATOR, "demo-operator")
+GLOBAL = Identity(GLOBAL_JURISDICTION, Tier.GLOBAL, "global-1")
+OPERATOR = Identity(GLOBAL_JURISDICTION, Tier.OPERATOR, "demo-operator")
+# The example policies and the public keys of their approver, in the source tree.
+DEFAULT_POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "policies"
 MARKER = ".jurisfed-demo"
 HEARTBEAT_S = 10.0
 
@@ -47,23 +54,65 @@ class DemoSettings:
     out_dir: Path
     rounds: int
     jurisdictions: tuple[str, ...]
+    # At least this many silos per jurisdiction; more where its policy needs a larger cohort.
     silos_per_jurisdiction: int
     alpha: float
     seed: int
     round_deadline_s: float
     start_timeout_s: float
+    # global.yaml, one <jurisdiction>.yaml each, and keys/ with the approvers' public keys.
+    policies: Path
+
+
+@dataclass(frozen=True)
+class _Policies:
+    directory: Path
+    global_policy: Policy
+    members: dict[str, Policy]
+
+    @property
+    def keys(self) -> Path:
+        return self.directory / "keys"
+
+    def file(self, jurisdiction: str) -> Path:
+        return self.directory / f"{jurisdiction.lower()}.yaml"
+
+    def silos_needed(self, jurisdiction: str, at_least: int) -> int:
+        """`at_least`, or the cohort the jurisdiction's policy requires behind an aggregate."""
+        member = self.members[jurisdiction]
+        needs = requirements(
+            member,
+            Artifact.AGGREGATE,
+            Endpoint(Tier.REGIONAL, jurisdiction, member.hosting_location),
+            Endpoint(Tier.GLOBAL, GLOBAL_JURISDICTION, self.global_policy.hosting_location),
+        )
+        return max(at_least, needs.min_cohort_silos or 1)
+
+
+def _read_policies(directory: Path, jurisdictions: tuple[str, ...]) -> _Policies:
+    """The policies the processes will load (they check the signatures; this only plans)."""
+    try:
+        global_policy = read_policy(directory / "global.yaml")
+        members = {j: read_policy(directory / f"{j.lower()}.yaml") for j in jurisdictions}
+    except (PolicyError, OSError) as error:
+        raise ConfigError(f"demo policies in {directory}: {error}") from None
+    return _Policies(directory, global_policy, members)
 
 
 def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> DemoResults:
     out = _prepare(settings.out_dir)
+    policies = _read_policies(settings.policies, settings.jurisdictions)
+    counts = [policies.silos_needed(j, settings.silos_per_jurisdiction) for j in settings.jurisdictions]
     say(
         f"partitioning the digits data over {len(settings.jurisdictions)} jurisdictions "
-        f"(Dirichlet alpha {settings.alpha})"
+        f"(Dirichlet alpha {settings.alpha}); silos: "
+        + ", ".join(f"{j} {n}" for j, n in zip(settings.jurisdictions, counts, strict=True))
+        + " (as many as each policy requires behind an aggregate)"
     )
     partition = partition_digits(
         out / "data",
         settings.jurisdictions,
-        settings.silos_per_jurisdiction,
+        counts,
         alpha=settings.alpha,
         seed=settings.seed,
         test_fraction=DEFAULT_TEST_FRACTION,
@@ -72,7 +121,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> DemoResults:
     pki = _Pki(out / "pki")
     fleet = Fleet(out)
     try:
-        members = _start_federation(settings, partition, pki, fleet, say)
+        members = _start_federation(settings, partition, policies, pki, fleet, say)
         results = _watch(settings, partition, pki, fleet, members, say)
         say("federation finished; shutting every process down")
         fleet.wait_for_exit(members["silos"], timeout_s=60.0)
@@ -114,14 +163,23 @@ def _tls(files: TlsFiles) -> dict[str, str]:
 
 
 def _start_federation(
-    settings: DemoSettings, partition: Partition, pki: _Pki, fleet: Fleet, say: Callable[[str], None]
+    settings: DemoSettings,
+    partition: Partition,
+    policies: _Policies,
+    pki: _Pki,
+    fleet: Fleet,
+    say: Callable[[str], None],
 ) -> dict[str, list[Member]]:
+    keys = str(policies.keys)
     global_member = fleet.start(
         "global",
         "global_agg",
         {
             "state_dir": str(fleet.directory / "global"),
             "tls": _tls(pki.node(GLOBAL)),
+            "policy": str(policies.directory / "global.yaml"),
+            "member_policies": [str(policies.file(j)) for j in settings.jurisdictions],
+            "policy_keys": keys,
             "listen": "127.0.0.1:0",
             "rounds": settings.rounds,
             "round_deadline_s": settings.round_deadline_s,
@@ -151,6 +209,8 @@ def _start_federation(
                     "global_address": global_address,
                     "state_dir": str(fleet.directory / f"regional-{jurisdiction.name}"),
                     "tls": _tls(pki.node(identity)),
+                    "policy": str(policies.file(jurisdiction.name)),
+                    "policy_keys": keys,
                     "listen": "127.0.0.1:0",
                     "min_silos": len(jurisdiction.silos),
                     # Reproducible runs: the same --seed gives the same table.
@@ -174,6 +234,9 @@ def _start_federation(
                         "regional_address": address,
                         "data": str(silo.train_path),
                         "tls": _tls(pki.node(identity)),
+                        "policy": str(policies.file(jurisdiction.name)),
+                        "policy_keys": keys,
+                        "state_dir": str(fleet.directory / silo.name),
                         "seed": settings.seed,
                     },
                     ready=False,

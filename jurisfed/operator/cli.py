@@ -108,7 +108,12 @@ def render_status(status: FederationStatus) -> str:
         f"federation: {status.state.value}, round {status.current_round}, "
         f"jurisdictions {', '.join(status.jurisdictions) or 'none registered'}"
     )
-    return head + "\n" + render_rounds(status.rounds)
+    lines = [head, render_rounds(status.rounds)]
+    lines += [
+        f"  round {r.round}: {r.jurisdiction} declined by its policy, rule {r.rule_id}: {r.reason}"
+        for r in status.refusals
+    ]
+    return "\n".join(lines)
 
 
 def render_rounds(rounds: tuple[RoundSummary, ...]) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 
 from jurisfed.auth.pki import TlsFiles
-from jurisfed.rounds import Contribution, RoundState, RoundSummary
+from jurisfed.rounds import Contribution, Refusal, RoundState, RoundSummary
 from jurisfed.rpc.channel import open_channel
 from jurisfed.wire import serde
 from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, regional_pb2, regional_pb2_grpc
@@ -22,6 +22,7 @@ class FederationStatus:
     jurisdictions: tuple[str, ...]
     rounds: tuple[RoundSummary, ...]
     contributions: tuple[Contribution, ...]
+    refusals: tuple[Refusal, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class OperatorClient:
             jurisdictions=tuple(status.registered_jurisdictions),
             rounds=tuple(serde.round_summary_from_proto(r) for r in status.rounds),
             contributions=tuple(serde.contribution_from_proto(c) for c in status.contributions),
+            refusals=tuple(serde.refusal_from_proto(r) for r in status.refusals),
         )
 
     def regional(self, jurisdiction: str) -> RegionalView:

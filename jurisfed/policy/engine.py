@@ -31,6 +31,8 @@ from jurisfed.policy.model import (
 
 __all__ = ["Requirements", "concerns", "decide", "requirements"]
 
+_HOSTING = "hosted_in"
+
 
 def decide(policy: Policy, flow: Flow) -> Decision:
     """Whether `policy` lets `flow` happen. Never raises: an error in evaluation is a deny."""
@@ -68,7 +70,9 @@ def _decide(policy: Policy, flow: Flow) -> Decision:
         failure = _first_failure(rule.conditions, flow)
         if failure is None:
             return policy.allowed_by(rule)
-        if first_refusal is None:
+        # The refusal names the first rule that could apply where the receiver is hosted; a
+        # rule for other hosting locations is named only when no rule fits the location.
+        if first_refusal is None or (first_refusal.condition == _HOSTING and failure[0] != _HOSTING):
             condition, why = failure
             first_refusal = _deny(policy, rule.id, f"rule {rule.id}: {why}", condition=condition)
     if first_refusal is not None:
@@ -171,7 +175,7 @@ def _metadata_failure(conditions: Conditions, flow: Flow) -> str | None:
 
 # By condition name; `Conditions.checks` lists those a rule sets, in the order they are checked.
 _CHECKS: dict[str, Callable[[Conditions, Flow], str | None]] = {
-    "hosted_in": _hosting_failure,
+    _HOSTING: _hosting_failure,
     "min_cohort_silos": _cohort_failure,
     "differential_privacy": _privacy_failure,
     "compression_required": _compression_failure,
@@ -214,9 +218,17 @@ class Requirements:
 
 
 def requirements(policy: Policy, artifact: Artifact, source: Endpoint, destination: Endpoint) -> Requirements:
-    """The strictest of the conditions of every rule covering this movement (nothing if none)."""
+    """The strictest of the conditions of every rule covering this movement (nothing if none).
+
+    A rule that only allows receivers hosted elsewhere than the destination's known location
+    asks nothing of this movement.
+    """
     probe = Flow(artifact, source, destination)
-    rules = [rule for rule in policy.rules_for(artifact) if rule.covers(probe)]
+    rules = [
+        rule
+        for rule in policy.rules_for(artifact)
+        if rule.covers(probe) and _could_host(rule.conditions, destination.location)
+    ]
     layers = tuple(dict.fromkeys(g for rule in rules for g in rule.conditions.layers_stay_local))
     cohorts = [r.conditions.min_cohort_silos for r in rules if r.conditions.min_cohort_silos is not None]
     limits = [r.conditions.differential_privacy for r in rules if r.conditions.differential_privacy]
@@ -238,6 +250,10 @@ def requirements(policy: Policy, artifact: Artifact, source: Endpoint, destinati
         compression_required=any(rule.conditions.compression_required for rule in rules),
         _conditions=Conditions(layers_stay_local=layers),
     )
+
+
+def _could_host(conditions: Conditions, location: str | None) -> bool:
+    return location is None or not conditions.hosted_in or location in conditions.hosted_in
 
 
 def rules_covering(policy: Policy, flow: Flow) -> tuple[Rule, ...]:

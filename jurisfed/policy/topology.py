@@ -227,8 +227,11 @@ def _conflicts(policy: Policy) -> list[Finding]:
 
 
 def _overlap(a: Rule, b: Rule) -> bool:
+    """Whether some flow is covered by both rules and could meet both rules' hosting condition."""
+    hosts_a, hosts_b = set(a.conditions.hosted_in), set(b.conditions.hosted_in)
     return (
-        bool(set(a.artifacts) & set(b.artifacts))
+        not (hosts_a and hosts_b and not hosts_a & hosts_b)
+        and bool(set(a.artifacts) & set(b.artifacts))
         and bool(set(a.source.tiers) & set(b.source.tiers))
         and bool(a.source.jurisdictions & b.source.jurisdictions)
         and bool(set(a.destination.tiers) & set(b.destination.tiers))

@@ -176,18 +176,32 @@ class TensorAssembler:
         self._tensors = {tensor.name: _TensorBuffer(tensor) for tensor in spec.tensors}
         self._payload_bytes = 0
         self._finished = False
+        self._withheld: frozenset[str] = frozenset()
 
     @property
     def payload_bytes(self) -> int:
         """Bytes of chunk payload (data, scales, indices) accepted since the last reset()."""
         return self._payload_bytes
 
-    def reset(self) -> None:
-        """Ready the assembler for the next stream, keeping its buffers."""
+    def reset(self, withheld: frozenset[str] = frozenset()) -> None:
+        """Ready the assembler for the next stream, keeping its buffers.
+
+        `withheld` names tensors the sender declared it leaves out: a chunk of one is refused,
+        and the stream is complete without them.
+        """
+        unknown = sorted(withheld - self._tensors.keys())
+        if unknown:
+            raise InvalidInput(
+                f"withheld tensors {[name[:100] for name in unknown[:5]]} are not part of model "
+                f"{self._spec.architecture!r}"
+            )
+        if withheld and withheld >= self._tensors.keys():
+            raise InvalidInput("a stream must carry at least one tensor; every tensor was declared withheld")
         for tensor in self._tensors.values():
             tensor.clear()
         self._payload_bytes = 0
         self._finished = False
+        self._withheld = withheld
 
     def add(self, chunk: tensors_pb2.TensorChunk) -> None:
         if self._finished:
@@ -198,6 +212,8 @@ class TensorAssembler:
                 f"tensor {chunk.name[:100]!r} is not part of model {self._spec.architecture!r}"
             )
         where = f"tensor {tensor.name!r}"
+        if tensor.name in self._withheld:
+            raise InvalidInput(f"{where} was declared withheld, yet a chunk of it arrived")
         if tensor.complete:
             raise InvalidInput(f"{where} is already complete; got another chunk at offset {chunk.offset}")
         if chunk.dtype != tensors_pb2.DTYPE_FLOAT32:
@@ -245,15 +261,16 @@ class TensorAssembler:
         """
         if self._finished:
             raise RuntimeError("the stream was finished; reset() before the next one")
-        incomplete = [tensor.progress() for tensor in self._tensors.values() if not tensor.complete]
+        carried = [tensor for tensor in self._tensors.values() if tensor.name not in self._withheld]
+        incomplete = [tensor.progress() for tensor in carried if not tensor.complete]
         if incomplete:
             raise InvalidInput(f"stream ended before these tensors were complete: {', '.join(incomplete)}")
-        return {tensor.name: tensor.values.reshape(tensor.shape) for tensor in self._tensors.values()}
+        return {tensor.name: tensor.values.reshape(tensor.shape) for tensor in carried}
 
     def finish(self) -> Weights:
         """The complete weights in spec order, owned by the caller from now on."""
         weights = self.staged()
-        for tensor in self._tensors.values():
+        for tensor in (self._tensors[name] for name in weights):
             # The caller owns the filled buffer now; the fresh one is only touched when written.
             tensor.values = np.empty(tensor.size, dtype=np.float32)
         self._finished = True

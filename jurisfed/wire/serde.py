@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -17,8 +18,10 @@ from jurisfed.errors import InvalidInput
 from jurisfed.rounds import (
     MAX_EXAMPLES_PER_SILO,
     MAX_IDEMPOTENCY_KEY_CHARS,
+    UPSTREAM_COMPRESSIONS,
     AggregateHeader,
     Contribution,
+    Refusal,
     Rejection,
     RoundAnnouncement,
     RoundState,
@@ -41,6 +44,9 @@ _ROUND_STATE_NAMES: dict[int, str] = {value: name for name, value in rounds_pb2.
 # The offset of a chunk is an int64: no tensor may hold more values than it can address.
 _MAX_TENSOR_VALUES = 2**63 - 1
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_POLICY_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+_LOCATION = re.compile(r"[a-z][a-z0-9-]{0,62}")
+_MAX_WITHHELD = 1024
 
 
 # --- Model description -------------------------------------------------------------------
@@ -122,6 +128,8 @@ def round_announcement_to_proto(announcement: RoundAnnouncement) -> rounds_pb2.R
         round=announcement.round,
         deadline_in_s=announcement.deadline_in_s,
         base_model_sha256=announcement.base_model_sha256,
+        global_location=announcement.global_location,
+        upstream_compression=announcement.upstream_compression,
     )
     if announcement.model_spec is not None:
         message.model_spec.CopyFrom(model_spec_to_proto(announcement.model_spec))
@@ -156,6 +164,8 @@ def round_announcement_from_proto(message: rounds_pb2.RoundAnnouncement) -> Roun
         training=training_config_from_proto(message.training),
         deadline_in_s=deadline_in_s,
         base_model_sha256=message.base_model_sha256,
+        global_location=_location(where, message.global_location),
+        upstream_compression=_compression(where, "upstream_compression", message.upstream_compression),
     )
 
 
@@ -187,6 +197,9 @@ def aggregate_header_to_proto(header: AggregateHeader) -> global_pb2.AggregateHe
         cohort_size=header.cohort_size,
         example_total=header.example_total,
         idempotency_key=header.idempotency_key,
+        withheld_tensors=header.withheld_tensors,
+        policy_sha256=header.policy_sha256,
+        compression=header.compression,
     )
 
 
@@ -198,6 +211,24 @@ def aggregate_header_from_proto(message: global_pb2.AggregateHeader) -> Aggregat
         cohort_size=cohort_size,
         example_total=_example_total(where, message.example_total, cohort_size),
         idempotency_key=_idempotency_key(where, message.idempotency_key),
+        withheld_tensors=_withheld(where, message.withheld_tensors),
+        policy_sha256=_policy_sha256(where, message.policy_sha256),
+        compression=_compression(where, "compression", message.compression),
+    )
+
+
+def refusal_to_proto(refusal: Refusal) -> global_pb2.Refusal:
+    return global_pb2.Refusal(
+        round=refusal.round, jurisdiction=refusal.jurisdiction, rule_id=refusal.rule_id, reason=refusal.reason
+    )
+
+
+def refusal_from_proto(message: global_pb2.Refusal) -> Refusal:
+    return Refusal(
+        round=_at_least("refusal", "round", message.round, 1),
+        jurisdiction=message.jurisdiction,
+        rule_id=message.rule_id,
+        reason=message.reason,
     )
 
 
@@ -301,6 +332,40 @@ def _finite(where: str, field: str, value: float, *, minimum: float = -math.inf)
 def _from_float32(value: float) -> float:
     """The shortest decimal a float32 field stands for: 0.01 reads back as 0.01, not 0.00999999977."""
     return float(str(np.float32(value)))
+
+
+def _location(where: str, location: str) -> str:
+    """A hosting location such as 'ch-zurich', or '' where the announcer names none."""
+    if location and not _LOCATION.fullmatch(location):
+        raise InvalidInput(
+            f"{where}: global_location must name a hosting location such as 'ch-zurich', "
+            f"got {location[:80]!r}"
+        )
+    return location
+
+
+def _compression(where: str, field: str, value: str) -> str:
+    if value not in UPSTREAM_COMPRESSIONS:
+        raise InvalidInput(
+            f"{where}: {field} must be one of {', '.join(UPSTREAM_COMPRESSIONS)}, got {value[:40]!r}"
+        )
+    return value
+
+
+def _withheld(where: str, names: Iterable[str]) -> tuple[str, ...]:
+    withheld = tuple(names)
+    if len(withheld) > _MAX_WITHHELD or len(set(withheld)) != len(withheld):
+        raise InvalidInput(f"{where}: withheld_tensors must name at most {_MAX_WITHHELD} distinct tensors")
+    return withheld
+
+
+def _policy_sha256(where: str, value: str) -> str:
+    if not _POLICY_SHA256.fullmatch(value):
+        raise InvalidInput(
+            f"{where}: policy_sha256 must attest the enforced policy as 'sha256:' and 64 hex digits, "
+            f"got {value[:80]!r}"
+        )
+    return value
 
 
 def _idempotency_key(where: str, key: str) -> str:

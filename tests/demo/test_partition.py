@@ -29,7 +29,7 @@ JURISDICTIONS = ("EU", "IN", "US")
 
 def split(out_dir: Path, seed: int = 0) -> Partition:
     return partition_digits(
-        out_dir, JURISDICTIONS, 3, alpha=DEFAULT_ALPHA, seed=seed, test_fraction=DEFAULT_TEST_FRACTION
+        out_dir, JURISDICTIONS, (3, 3, 3), alpha=DEFAULT_ALPHA, seed=seed, test_fraction=DEFAULT_TEST_FRACTION
     )
 
 
@@ -134,7 +134,7 @@ def test_draws_that_starve_or_crown_a_jurisdiction_are_redrawn(tmp_path: Path) -
     # alpha this small often leaves one jurisdiction almost nothing and another almost everything.
     for seed in range(5):
         partition = partition_digits(
-            tmp_path / str(seed), JURISDICTIONS, 3, alpha=0.05, seed=seed, test_fraction=0.25
+            tmp_path / str(seed), JURISDICTIONS, (3, 3, 3), alpha=0.05, seed=seed, test_fraction=0.25
         )
         even = sum(j.train_example_count for j in partition.jurisdictions) / 3
         for jurisdiction in partition.jurisdictions:
@@ -147,7 +147,7 @@ def test_draws_that_starve_or_crown_a_jurisdiction_are_redrawn(tmp_path: Path) -
         ((), 3, 0.5, 0.25, "at least one jurisdiction"),
         (("EU", "EU"), 3, 0.5, 0.25, "distinct"),
         (("EU", "../x"), 3, 0.5, 0.25, "alphanumeric"),
-        (JURISDICTIONS, 0, 0.5, 0.25, "silos_per_jurisdiction"),
+        (JURISDICTIONS, 0, 0.5, 0.25, "silo_counts"),
         (JURISDICTIONS, 3, 0.0, 0.25, "alpha"),
         (JURISDICTIONS, 3, 0.5, 1.0, "test_fraction"),
         (JURISDICTIONS, 20, 0.5, 0.25, "cannot each get 30"),
@@ -162,7 +162,14 @@ def test_impossible_requests_are_refused(
     message: str,
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        partition_digits(tmp_path, jurisdictions, silos, alpha=alpha, seed=0, test_fraction=test_fraction)
+        partition_digits(
+            tmp_path,
+            jurisdictions,
+            [silos] * len(jurisdictions),
+            alpha=alpha,
+            seed=0,
+            test_fraction=test_fraction,
+        )
 
 
 def test_importing_the_partitioner_loads_neither_tensorflow_nor_scikit_learn() -> None:

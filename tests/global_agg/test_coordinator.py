@@ -20,6 +20,8 @@ from global_agg.servicer import global_service
 from jurisfed.audit.sink import MemoryAuditSink
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import issue
+from jurisfed.policy.guard import PolicyGuard
+from jurisfed.policy.loader import read_policy
 from jurisfed.rounds import TrainingConfig
 from jurisfed.rpc.channel import open_channel
 from jurisfed.rpc.server import serve
@@ -29,6 +31,7 @@ from jurisfed.wire.chunks import encode_tensors
 from jurisfed.wire.models import receive_model
 from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, rounds_pb2, tensors_pb2
 
+EXAMPLE_POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "policies"
 SPEC = ModelSpec("test-mlp", (TensorSpec("dense/kernel", (64, 16)), TensorSpec("dense/bias", (16,))))
 _RNG = np.random.default_rng(0)
 INITIAL: Weights = {t.name: _RNG.standard_normal(t.shape).astype(np.float32) for t in SPEC.tensors}
@@ -43,6 +46,9 @@ PLAN = RoundPlan(
     training=TRAINING,
 )
 CALL_TIMEOUT_S = 10.0
+MEMBERS = ("EU", "IN", "US")
+# What each example policy's regional attests it enforced (the sha256 of the policy's canonical form).
+ATTESTATIONS = {j: read_policy(EXAMPLE_POLICIES / f"{j.lower()}.yaml").sha256 for j in MEMBERS}
 
 Stub = global_pb2_grpc.GlobalAggregatorStub
 
@@ -94,20 +100,27 @@ StartGlobal = Callable[..., Federation]
 
 
 @pytest.fixture
-def start_global(pki: Path, tmp_path: Path) -> Iterator[StartGlobal]:
-    """Serve a global aggregator whose RoundPlan is PLAN with the given changes."""
+def start_global(
+    pki: Path, tmp_path: Path, example_guard: Callable[[str, Identity, MemoryAuditSink], PolicyGuard]
+) -> Iterator[StartGlobal]:
+    """Serve a global aggregator whose RoundPlan is PLAN with the given changes, under the
+    example policies (global hosted in ch-zurich; members EU, IN, US)."""
     with ExitStack() as stack:
 
         def start(store: CheckpointStore | None = None, **changes: object) -> Federation:
-            tls = issue(pki, Identity("GLOBAL", Tier.GLOBAL, "global"), tmp_path / "global-tls")
+            identity = Identity("GLOBAL", Tier.GLOBAL, "global")
+            tls = issue(pki, identity, tmp_path / "global-tls")
             store = store or CheckpointStore(tmp_path / "checkpoints")
+            audit = MemoryAuditSink()
             coordinator = GlobalCoordinator(
-                Identity("GLOBAL", Tier.GLOBAL, "global"),
+                identity,
                 SPEC,
                 INITIAL,
                 store,
                 dataclasses.replace(PLAN, **changes),
-                audit=MemoryAuditSink(),
+                audit=audit,
+                guard=example_guard("GLOBAL", identity, audit),
+                members={j: example_guard(j, identity, audit) for j in MEMBERS},
             )
             federation = Federation(pki, tmp_path, coordinator, store)
             server = stack.enter_context(serve([global_service(coordinator)], tls))
@@ -139,11 +152,24 @@ def constant_delta(value: float) -> Weights:
 
 
 def submit(
-    stub: Stub, round_number: int, delta: Weights, *, examples: int, key: str, cohort: int = 2
+    stub: Stub,
+    round_number: int,
+    delta: Weights,
+    *,
+    examples: int,
+    key: str,
+    cohort: int = 5,
+    jurisdiction: str = "EU",
 ) -> global_pb2.SubmitAggregateResponse:
-    """Send `delta` as a regional does: a header, then INT8 chunks."""
+    """Send `delta` as a regional of `jurisdiction` does: a header attesting its policy, then
+    INT8 chunks. The default cohort of 5 silos meets every example policy's minimum."""
     header = global_pb2.AggregateHeader(
-        round=round_number, cohort_size=cohort, example_total=examples, idempotency_key=key
+        round=round_number,
+        cohort_size=cohort,
+        example_total=examples,
+        idempotency_key=key,
+        policy_sha256=ATTESTATIONS[jurisdiction],
+        compression="int8",
     )
     chunks = encode_tensors(
         SPEC, delta, encoding=tensors_pb2.ENCODING_INT8, rng=np.random.default_rng(len(key))
@@ -186,7 +212,7 @@ def test_the_committed_model_is_the_base_plus_the_example_weighted_mean_of_the_i
 
     eu_delta, us_delta = random_delta(1), random_delta(2, size=0.3)
     assert submit(eu, 1, eu_delta, examples=300, key="eu-1").accepted
-    assert submit(us, 1, us_delta, examples=100, key="us-1").accepted
+    assert submit(us, 1, us_delta, examples=100, key="us-1", jurisdiction="US").accepted
 
     second = wait_for_round(eu, after_round=1)
     assert (second.state, second.round) == (rounds_pb2.ROUND_STATE_OPEN, 2)
@@ -208,7 +234,7 @@ def test_a_round_closes_as_soon_as_every_registered_jurisdiction_submitted(start
     wait_for_round(eu, after_round=0)
 
     submit(eu, 1, random_delta(1), examples=10, key="eu-1")
-    submit(us, 1, random_delta(2), examples=10, key="us-1")
+    submit(us, 1, random_delta(2), examples=10, key="us-1", jurisdiction="US")
     sent = time.monotonic()
     finished = wait_for_round(eu, after_round=1)
 
@@ -322,7 +348,7 @@ def test_a_resubmitted_aggregate_counts_once(start_global: StartGlobal) -> None:
     again = submit(eu, 1, constant_delta(1.0), examples=100, key="eu-round-1")  # a retry after a lost reply
     assert (first.accepted, first.duplicate) == (True, False)
     assert (again.accepted, again.duplicate) == (True, True)
-    submit(us, 1, constant_delta(3.0), examples=100, key="us-round-1")
+    submit(us, 1, constant_delta(3.0), examples=100, key="us-round-1", jurisdiction="US")
     assert wait_for_round(eu, after_round=1).state == rounds_pb2.ROUND_STATE_FINISHED
 
     committed = federation.store.load(1, SPEC)
@@ -343,7 +369,7 @@ def test_a_second_different_aggregate_from_a_jurisdiction_is_refused(start_globa
     second = refused(lambda: submit(eu, 1, constant_delta(9.0), examples=900, key="eu-b"))
     assert second.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert second.details() == "EU already contributed to round 1"
-    submit(us, 1, constant_delta(3.0), examples=100, key="us-a")
+    submit(us, 1, constant_delta(3.0), examples=100, key="us-a", jurisdiction="US")
     wait_for_round(eu, after_round=1)
 
     committed = federation.store.load(1, SPEC)
@@ -418,8 +444,8 @@ def test_status_needs_an_operator_and_reports_rounds_and_contributions(start_glo
         assert "may not read the federation's status" in error.details()
     federation.start_rounds()
     wait_for_round(eu, after_round=0)
-    submit(eu, 1, random_delta(1), examples=300, key="eu-1", cohort=3)
-    submit(us, 1, random_delta(2), examples=100, key="us-1", cohort=1)
+    submit(eu, 1, random_delta(1), examples=300, key="eu-1", cohort=5)
+    submit(us, 1, random_delta(2), examples=100, key="us-1", cohort=3, jurisdiction="US")
     wait_for_round(eu, after_round=1)
 
     status = federation.status()
@@ -432,8 +458,8 @@ def test_status_needs_an_operator_and_reports_rounds_and_contributions(start_glo
     assert summary.float32_bytes_equivalent == 2 * SPEC.float32_bytes
     contributions = {c.jurisdiction: c for c in status.contributions}
     assert [(c.round, c.cohort_size, c.example_total) for c in contributions.values()] == [
-        (1, 3, 300),
-        (1, 1, 100),
+        (1, 5, 300),
+        (1, 3, 100),
     ]
     for contribution in contributions.values():
         assert contribution.float32_bytes_equivalent == SPEC.float32_bytes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 from jurisfed.audit.events import AuditRecord, EventKind
 from jurisfed.demo.partition import DEFAULT_ALPHA
+from jurisfed.demo.runner import DEFAULT_POLICIES as EXAMPLE_POLICIES
 from jurisfed.demo.runner import DemoSettings, run_demo
 from jurisfed.modeling.mlp import DIGITS_MLP
 from jurisfed.store.checkpoints import CheckpointStore
@@ -19,7 +21,19 @@ from jurisfed.store.checkpoints import CheckpointStore
 pytestmark = pytest.mark.slow
 
 
-def test_two_jurisdictions_two_silos_two_rounds_train_the_model(tmp_path: Path) -> None:
+def _two_silo_cohorts(text: str) -> str:
+    return text.replace("min_cohort_silos: 5", "min_cohort_silos: 2").replace(
+        "min_cohort_silos: 3", "min_cohort_silos: 2"
+    )
+
+
+def test_two_jurisdictions_two_silos_two_rounds_train_the_model(
+    tmp_path: Path, signed_policy_set: Callable[[Path, dict[str, Callable[[str], str]]], Path]
+) -> None:
+    # The example policies, except that an aggregate of two silos may leave EU and US.
+    policies = signed_policy_set(
+        tmp_path / "policies", {"eu.yaml": _two_silo_cohorts, "us.yaml": _two_silo_cohorts}
+    )
     lines: list[str] = []
     settings = DemoSettings(
         out_dir=tmp_path / "run",
@@ -30,6 +44,7 @@ def test_two_jurisdictions_two_silos_two_rounds_train_the_model(tmp_path: Path) 
         seed=1,
         round_deadline_s=120.0,
         start_timeout_s=300.0,
+        policies=policies,
     )
     results = run_demo(settings, lines.append)  # raises if any process exits badly
 
@@ -81,7 +96,7 @@ def test_the_demo_refuses_to_clear_a_directory_it_did_not_make(tmp_path: Path) -
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.txt").write_text("do not delete")
-    settings = DemoSettings(precious, 1, ("EU",), 1, DEFAULT_ALPHA, 0, 10.0, 10.0)
+    settings = DemoSettings(precious, 1, ("EU",), 1, DEFAULT_ALPHA, 0, 10.0, 10.0, EXAMPLE_POLICIES)
     with pytest.raises(ConfigError, match="was not made by `jurisfed demo`"):
         run_demo(settings, print)
     assert (precious / "thesis.txt").read_text() == "do not delete"

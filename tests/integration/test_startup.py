@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,7 @@ EXIT_TIMEOUT_S = 15.0
 PROMPT_EXIT_S = 8.0
 HELP_TIMEOUT_S = 180.0  # the silo imports TensorFlow first, which takes a minute on a busy machine
 CONFIG_ERROR_EXIT = 2
+EXAMPLE_POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "policies"
 
 
 def environment() -> dict[str, str]:
@@ -59,6 +60,17 @@ def run_to_exit(
         timeout=timeout_s,
         check=False,
     )
+
+
+def policy_keys(jurisdiction: str) -> dict[str, object]:
+    """The config keys that point a node of `jurisdiction` at its example policy."""
+    keys: dict[str, object] = {
+        "policy": str(EXAMPLE_POLICIES / f"{jurisdiction.lower()}.yaml"),
+        "policy_keys": str(EXAMPLE_POLICIES / "keys"),
+    }
+    if jurisdiction == "GLOBAL":
+        keys["member_policies"] = [str(EXAMPLE_POLICIES / f"{j}.yaml") for j in ("eu", "in", "us")]
+    return keys
 
 
 def write_config(path: Path, values: dict[str, object]) -> Path:
@@ -114,6 +126,7 @@ def test_a_regional_whose_certificate_names_another_jurisdiction_refuses_to_star
             "global_address": "127.0.0.1:1",
             "state_dir": str(tmp_path / "state"),
             "tls": tls_keys(us_certificate),
+            **policy_keys("EU"),
         },
     )
     code, message = startup_failure("regional", config)
@@ -121,6 +134,41 @@ def test_a_regional_whose_certificate_names_another_jurisdiction_refuses_to_star
     assert message.startswith("cannot start: ")
     assert "names jurisfed://US/regional/regional-us" in message
     assert "this process needs jurisfed://EU/regional/<node>" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            lambda text: text.replace("min_cohort_silos: 5", "min_cohort_silos: 1", 1),
+            "was changed after it was approved",
+        ),
+        (lambda text: text[: text.index("approvals:")], "no approval"),
+    ],
+    ids=["tampered", "unsigned"],
+)
+def test_a_tampered_or_unsigned_policy_stops_a_regional_at_start_up(
+    pki: Path, tmp_path: Path, change: Callable[[str], str], expected: str
+) -> None:
+    policy = tmp_path / "eu.yaml"
+    policy.write_text(change((EXAMPLE_POLICIES / "eu.yaml").read_text()))
+    files = issue(pki, Identity("EU", Tier.REGIONAL, "regional-eu"), tmp_path / "tls")
+    config = write_config(
+        tmp_path / "regional.yaml",
+        {
+            "jurisdiction": "EU",
+            "global_address": "127.0.0.1:1",
+            "state_dir": str(tmp_path / "state"),
+            "tls": tls_keys(files),
+            **policy_keys("EU"),
+            "policy": str(policy),
+        },
+    )
+    code, message = startup_failure("regional", config)
+    assert code == CONFIG_ERROR_EXIT
+    assert message.startswith("cannot start: residency policy not usable: ")
+    assert expected in message, message
+    assert not (tmp_path / "state").exists()  # it stopped before writing anything
 
 
 def test_a_missing_config_key_refuses_to_start_and_names_it(pki: Path, tmp_path: Path) -> None:
@@ -138,13 +186,17 @@ def test_a_global_with_a_silo_certificate_refuses_to_start(pki: Path, tmp_path: 
     silo_certificate = issue(pki, Identity("EU", Tier.SILO, "hospital-a"), tmp_path / "tls")
     config = write_config(
         tmp_path / "global.yaml",
-        {"state_dir": str(tmp_path / "state"), "tls": tls_keys(silo_certificate), "listen": "127.0.0.1:0"},
+        {
+            "state_dir": str(tmp_path / "state"),
+            "tls": tls_keys(silo_certificate),
+            "listen": "127.0.0.1:0",
+            **policy_keys("GLOBAL"),
+        },
     )
     code, message = startup_failure("global_agg", config)
     assert code == CONFIG_ERROR_EXIT
     assert (
-        "names jurisfed://EU/silo/hospital-a; this process needs jurisfed://<jurisdiction>/global/<node>"
-        in message
+        "names jurisfed://EU/silo/hospital-a; this process needs jurisfed://GLOBAL/global/<node>" in message
     )
     assert not (tmp_path / "state").exists()  # nothing written by a process that did not start
 
@@ -222,6 +274,7 @@ def start_global(processes: Processes, pki: Path, tmp_path: Path, **settings: ob
         "ready_file": str(ready),
         "architecture": "mlp-4-8-3",
         "rounds": 1,
+        **policy_keys("GLOBAL"),
         **settings,
     }
     process = processes.start("global_agg", write_config(tmp_path / "global.yaml", config), log)
@@ -240,6 +293,7 @@ def start_regional(processes: Processes, pki: Path, tmp_path: Path, global_addre
         "ready_file": str(ready),
         "min_silos": 1,
         "forward_margin_s": 1.0,
+        **policy_keys("EU"),
     }
     process = processes.start("regional", write_config(tmp_path / "regional.yaml", config), log)
     return Started(process, address_from(ready, process, log), log)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +15,14 @@ from jurisfed.audit.sink import MemoryAuditSink
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import issue
 from jurisfed.cli import main
+from jurisfed.policy.guard import PolicyGuard
 from jurisfed.rounds import TrainingConfig
 from jurisfed.rpc.channel import open_channel
 from jurisfed.rpc.server import serve
 from jurisfed.store.checkpoints import CheckpointStore
 from jurisfed.tensors import ModelSpec, TensorSpec
 from jurisfed.wire.chunks import encode_tensors
-from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, rounds_pb2
+from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, rounds_pb2, tensors_pb2
 
 SPEC = ModelSpec("test", (TensorSpec("dense/kernel", (8, 4)), TensorSpec("dense/bias", (4,))))
 PLAN = RoundPlan(
@@ -35,12 +36,25 @@ PLAN = RoundPlan(
 
 
 @pytest.fixture
-def finished_federation(pki: Path, tmp_path: Path) -> Iterator[str]:
+def finished_federation(
+    pki: Path, tmp_path: Path, example_guard: Callable[[str, Identity, MemoryAuditSink], PolicyGuard]
+) -> Iterator[str]:
     """A global that ran one round, committed with the EU aggregate; yields its address."""
     initial = {t.name: np.zeros(t.shape, dtype=np.float32) for t in SPEC.tensors}
     identity = Identity("GLOBAL", Tier.GLOBAL, "global-1")
     store = CheckpointStore(tmp_path / "checkpoints")
-    coordinator = GlobalCoordinator(identity, SPEC, initial, store, PLAN, audit=MemoryAuditSink())
+    audit = MemoryAuditSink()
+    eu_guard = example_guard("EU", identity, audit)
+    coordinator = GlobalCoordinator(
+        identity,
+        SPEC,
+        initial,
+        store,
+        PLAN,
+        audit=audit,
+        guard=example_guard("GLOBAL", identity, audit),
+        members={"EU": eu_guard},
+    )
     tls = issue(pki, identity, tmp_path / "global")
     stop = threading.Event()
     with serve([global_service(coordinator)], tls) as server:
@@ -53,11 +67,19 @@ def finished_federation(pki: Path, tmp_path: Path) -> Iterator[str]:
             eu.RegisterRegional(global_pb2.RegisterRegionalRequest(), timeout=10)
             eu.WaitForRound(rounds_pb2.WaitForRoundRequest(after_round=0, max_wait_s=10), timeout=15)
             header = global_pb2.AggregateHeader(
-                round=1, cohort_size=3, example_total=120, idempotency_key="eu-1"
+                round=1,
+                cohort_size=5,
+                example_total=120,
+                idempotency_key="eu-1",
+                policy_sha256=eu_guard.policy.sha256,
+                compression="int8",
             )
             delta = {t.name: np.full(t.shape, 0.5, dtype=np.float32) for t in SPEC.tensors}
+            chunks = encode_tensors(
+                SPEC, delta, encoding=tensors_pb2.ENCODING_INT8, rng=np.random.default_rng(0)
+            )
             messages = [global_pb2.AggregateMessage(header=header)]
-            messages += [global_pb2.AggregateMessage(chunk=c) for c in encode_tensors(SPEC, delta)]
+            messages += [global_pb2.AggregateMessage(chunk=c) for c in chunks]
             eu.SubmitAggregate(iter(messages), timeout=10)
         rounds.join(timeout=30)
         yield server.address

@@ -66,9 +66,11 @@ def test_check_with_topology_and_keys_passes_the_examples(
         example_dir / "topology" / "demo.yaml",
     )
     assert code == 0, out
-    assert out.count("every needed flow is allowed; no dead or conflicting rule") == 4
+    assert out.count("every needed flow is allowed; no dead or conflicting rule") == 3
+    # EU's rule for hosts without adequacy is dead while the global runs in Zurich: a note, no failure.
+    assert "  dead: rule eu-private-aggregates-elsewhere can never allow anything here" in out
     assert out.count("(signatures verified)") == 4
-    assert "eu-residency v1 (EU), 7 rule(s), sha256:" in out
+    assert "eu-residency v2 (EU), 8 rule(s), sha256:" in out
 
 
 def test_check_reports_an_invalid_file_and_fails(capsys: pytest.CaptureFixture[str], workspace: Path) -> None:
@@ -84,7 +86,9 @@ def test_check_reports_topology_findings_and_fails(
 ) -> None:
     topology = workspace / "topology" / "demo.yaml"
     topology.write_text(topology.read_text().replace("location: ch-zurich", "location: us-east"))
-    code, out, _ = run(capsys, "check", workspace / "eu.yaml", "--topology", topology)
+    eu = workspace / "eu.yaml"
+    eu.write_text(eu.read_text().replace("hosted_in: [us-east, in-mumbai]", "hosted_in: [in-mumbai]"))
+    code, out, _ = run(capsys, "check", eu, "--topology", topology)
     assert code == EXIT_PROBLEM
     assert (
         "  missing: the federation needs aggregates from EU/regional@eu-frankfurt to GLOBAL/global@us-east"
@@ -116,19 +120,19 @@ def test_diff_prints_one_sentence_per_change(
     new = workspace / "eu.yaml"
     text = (
         new.read_text()
-        .replace("version: 1", "version: 2")
-        .replace("min_cohort_silos: 5", "min_cohort_silos: 8")
+        .replace("version: 2", "version: 3")
+        .replace("min_cohort_silos: 5", "min_cohort_silos: 8", 1)
     )
     new.write_text(
         text.replace(
-            "hosted_in: [eu-frankfurt, ch-zurich]\n\n  - id: eu-telemetry",
-            "hosted_in: [ch-zurich]\n\n  - id: eu-telemetry",
+            "hosted_in: [eu-frankfurt, ch-zurich]\n\n  - id: eu-private",
+            "hosted_in: [ch-zurich]\n\n  - id: eu-private",
         )
     )
     code, out, _ = run(capsys, "diff", example_dir / "eu.yaml", new)
     assert code == 0
     assert out.splitlines() == [
-        "Policy eu-residency: version 1 → version 2",
+        "Policy eu-residency: version 2 → version 3",
         "",
         "2 changes: 0 loosen, 2 tighten, 0 neither",
         "",
@@ -207,11 +211,11 @@ def test_simulate_a_described_flow(capsys: pytest.CaptureFixture[str], example_d
     code, out, _ = run(capsys, "simulate", *policies, *args, *facts)
     assert code == 0, out
     assert "ALLOWED  aggregate EU/regional -> GLOBAL/global@ch-zurich" in out
-    assert "eu-residency v1 allows by rule eu-aggregates-to-global" in out
+    assert "eu-residency v2 allows by rule eu-aggregates-to-global" in out
     code, out, _ = run(capsys, "simulate", *policies, *args, "--cohort-silos", "4")
     assert code == EXIT_PROBLEM
     assert (
-        "eu-residency v1 refuses by rule eu-aggregates-to-global: rule eu-aggregates-to-global: 4 "
+        "eu-residency v2 refuses by rule eu-aggregates-to-global: rule eu-aggregates-to-global: 4 "
         "silo(s) contributed" in out
     )
 

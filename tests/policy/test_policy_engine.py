@@ -395,6 +395,35 @@ EXAMPLE_CASES = [
             layers=frozenset(),
             metadata_fields=CLEAN,
         ),
+        True,
+        "eu-private-aggregates-elsewhere",
+    ),
+    (
+        "EU",
+        flow(
+            A.AGGREGATE,
+            EU_REGIONAL,
+            replace(GLOBAL_ZURICH, location="us-east"),
+            cohort_silos=5,
+            compressed=True,
+            layers=frozenset(),
+            metadata_fields=CLEAN,
+        ),
+        False,
+        "eu-private-aggregates-elsewhere",
+    ),
+    (
+        "EU",
+        flow(
+            A.AGGREGATE,
+            EU_REGIONAL,
+            replace(GLOBAL_ZURICH, location="sg-singapore"),
+            cohort_silos=5,
+            privacy=SPEND_OK,
+            compressed=True,
+            layers=frozenset(),
+            metadata_fields=CLEAN,
+        ),
         False,
         "eu-aggregates-to-global",
     ),
@@ -405,9 +434,8 @@ EXAMPLE_CASES = [
             EU_REGIONAL,
             GLOBAL_ZURICH,
             cohort_silos=5,
-            privacy=SPEND_OK,
             compressed=True,
-            layers=frozenset({"head/kernel"}),
+            layers=frozenset({"head/kernel", "head/bias"}),
             metadata_fields=CLEAN,
         ),
         False,
@@ -473,6 +501,12 @@ EXAMPLE_CASES = [
     (
         "US",
         flow(A.AGGREGATE, US_REGIONAL, GLOBAL_ZURICH, cohort_silos=3, compressed=True, metadata_fields=CLEAN),
+        True,
+        "us-deidentified-aggregates-to-global",
+    ),
+    (
+        "US",
+        flow(A.AGGREGATE, US_REGIONAL, GLOBAL_ZURICH, cohort_silos=2, compressed=True, metadata_fields=CLEAN),
         False,
         "us-deidentified-aggregates-to-global",
     ),
@@ -533,18 +567,28 @@ def test_an_error_while_deciding_is_a_refusal(conditions_policy: Policy) -> None
 
 def test_requirements_say_what_to_strip_before_sending(examples: dict[str, Policy]) -> None:
     needs = requirements(examples["EU"], A.AGGREGATE, EU_REGIONAL, GLOBAL_ZURICH)
-    assert needs.rule_ids == ("eu-aggregates-to-global",)
-    assert needs.is_local_layer("head/kernel")
+    assert needs.rule_ids == ("eu-aggregates-to-global",)  # the DP rule is for other hosts
+    assert needs.is_local_layer("head/bias")
+    assert not needs.is_local_layer("head/kernel")
     assert not needs.is_local_layer("hidden_1/kernel")
     assert MetadataField.SILO_IDS in needs.strip_metadata
     assert needs.min_cohort_silos == 5
     assert needs.compression_required
-    assert needs.differential_privacy is not None
-    assert needs.differential_privacy.max_epsilon == 3
-    assert needs.differential_privacy.period_days == 90
+    assert needs.differential_privacy is None
+    elsewhere = requirements(
+        examples["EU"], A.AGGREGATE, EU_REGIONAL, replace(GLOBAL_ZURICH, location="us-east")
+    )
+    assert elsewhere.rule_ids == ("eu-private-aggregates-elsewhere",)
+    assert elsewhere.differential_privacy is not None
+    assert elsewhere.differential_privacy.max_epsilon == 3
+    assert elsewhere.differential_privacy.period_days == 90
+    unknown_host = requirements(
+        examples["EU"], A.AGGREGATE, EU_REGIONAL, replace(GLOBAL_ZURICH, location=None)
+    )
+    assert unknown_host.rule_ids == ("eu-aggregates-to-global", "eu-private-aggregates-elsewhere")
     nothing = requirements(examples["EU"], A.AGGREGATE, EU_REGIONAL, Endpoint(Tier.SILO, "EU"))
     assert nothing.rule_ids == ()
-    assert not nothing.is_local_layer("head/kernel")
+    assert not nothing.is_local_layer("head/bias")
 
 
 def test_a_policy_concerns_flows_that_start_or_end_in_its_jurisdiction(examples: dict[str, Policy]) -> None:

@@ -65,7 +65,7 @@ def test_the_eu_page_says_each_rule_in_a_sentence_with_its_basis_and_conditions(
     assert structure.open == []
     text = " ".join(" ".join(structure.text).split())
     assert page.startswith("<!DOCTYPE html>")
-    assert "<title>EU residency policy for federated model training — version 1</title>" in page
+    assert "<title>EU residency policy for federated model training — version 2</title>" in page
     assert "Nothing moves unless a rule below allows it." in text
     for rule in eu.rules:
         assert rule.id in text
@@ -78,7 +78,7 @@ def test_the_eu_page_says_each_rule_in_a_sentence_with_its_basis_and_conditions(
         "At least 5 silos contributed.",
         "Differential privacy was applied, spending no more than ε = 3 and δ = 0.00001 in any 90 days.",
         "It is compressed (quantized) before it is sent.",
-        "The model layers head/* are removed first (they stay in EU).",
+        "The model layers head/bias are removed first (they stay in EU).",
         "Silo identifiers, host names, IP addresses, per-silo example counts and per-silo metrics "
         "are removed first.",
         "The receiving global aggregator is hosted in eu-frankfurt (Frankfurt am Main, Germany) or "

@@ -30,13 +30,17 @@ def test_the_example_policies_are_valid_and_say_what_the_brief_asks(examples: di
     assert aggregates is not None
     conditions = aggregates.conditions
     assert conditions.min_cohort_silos == 5
-    assert conditions.differential_privacy is not None
-    assert (conditions.differential_privacy.max_epsilon, conditions.differential_privacy.period_days) == (
-        3,
-        90,
-    )
-    assert conditions.layers_stay_local == ("head/*",)
+    assert conditions.hosted_in == ("eu-frankfurt", "ch-zurich")  # EU or adequacy: no DP asked
+    assert conditions.differential_privacy is None
+    assert conditions.layers_stay_local == ("head/bias",)
     assert {MetadataField.SILO_IDS, MetadataField.HOST_NAMES} <= set(conditions.strip_metadata)
+    elsewhere = eu.rule("eu-private-aggregates-elsewhere")
+    assert elsewhere is not None
+    private = elsewhere.conditions.differential_privacy
+    assert private is not None
+    assert (private.max_epsilon, private.period_days) == (3, 90)
+    assert elsewhere.conditions.min_cohort_silos == 5
+    assert elsewhere.conditions.layers_stay_local == ("head/bias",)
     assert {a for rule in eu.rules for a in rule.artifacts if rule.destination.tiers == (Tier.GLOBAL,)} == {
         Artifact.AGGREGATE,
         Artifact.TELEMETRY,

@@ -24,11 +24,11 @@ flows:
     compressed: true
     layers: [hidden_1/kernel, hidden_1/bias]
     metadata: []
-  - name: US aggregate of round 12, no DP yet
+  - name: US aggregate of round 12, two silos only
     artifact: aggregate
     from: US/regional
     to: GLOBAL/global@ch-zurich
-    cohort_silos: 3
+    cohort_silos: 2
     compressed: true
     layers: [hidden_1/kernel]
     metadata: []
@@ -52,17 +52,17 @@ def test_a_recorded_round_is_replayed_against_every_policy_it_touches(
     ]
     assert not us.allowed
     assert [(d.policy_id, d.allowed, d.rule_id, d.condition) for d in us.decisions] == [
-        ("us-residency", False, "us-deidentified-aggregates-to-global", "differential_privacy"),
+        ("us-residency", False, "us-deidentified-aggregates-to-global", "min_cohort_silos"),
         ("global-aggregator", True, "global-accepts-member-aggregates", None),
     ]
     assert not jp.allowed
     assert jp.decisions == ()
     report = render_outcomes(outcomes)
     assert "ALLOWED  EU aggregate of round 12" in report
-    assert "REFUSED  US aggregate of round 12, no DP yet" in report
+    assert "REFUSED  US aggregate of round 12, two silos only" in report
     assert (
-        "    us-residency v1 refuses by rule us-deidentified-aggregates-to-global: rule "
-        "us-deidentified-aggregates-to-global: differential privacy is required and was not applied"
+        "    us-residency v2 refuses by rule us-deidentified-aggregates-to-global: rule "
+        "us-deidentified-aggregates-to-global: 2 silo(s) contributed"
     ) in report
     assert "REFUSED  model_update JP/silo -> JP/regional" in report
     assert "no policy given concerns this flow: refused by default" in report

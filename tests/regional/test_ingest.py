@@ -4,7 +4,7 @@ nothing of it reaches the aggregate, and the round goes on with the honest silos
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -15,6 +15,7 @@ from jurisfed.audit.events import Decision, EventKind
 from jurisfed.audit.sink import MemoryAuditSink
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import issue
+from jurisfed.policy.guard import PolicyGuard
 from jurisfed.rounds import TrainingConfig
 from jurisfed.rpc.channel import open_channel
 from jurisfed.rpc.server import serve
@@ -59,7 +60,9 @@ class Federation:
 
 
 @pytest.fixture
-def federation(pki: Path, tmp_path: Path) -> Iterator[Federation]:
+def federation(
+    pki: Path, tmp_path: Path, example_guard: Callable[[str, Identity, MemoryAuditSink], PolicyGuard]
+) -> Iterator[Federation]:
     identity = Identity("EU", Tier.REGIONAL, "regional-eu")
     tls = issue(pki, identity, tmp_path / "regional")
     audit = MemoryAuditSink()
@@ -69,6 +72,7 @@ def federation(pki: Path, tmp_path: Path) -> Iterator[Federation]:
         min_silos=2,
         max_concurrent_uploads=4,
         audit=audit,
+        guard=example_guard("EU", identity, audit),
     )
     with serve([regional_service(aggregator)], tls) as server:
         server.set_serving(True)

@@ -133,7 +133,15 @@ def test_update_header_round_trips(
     key=st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=128),
 )
 def test_aggregate_header_round_trips(round_number: int, cohort_size: int, per_silo: int, key: str) -> None:
-    header = AggregateHeader(round_number, cohort_size, per_silo * cohort_size, key)
+    header = AggregateHeader(
+        round_number,
+        cohort_size,
+        per_silo * cohort_size,
+        key,
+        withheld_tensors=("head/bias",),
+        policy_sha256="sha256:" + "ab" * 32,
+        compression="int8",
+    )
 
     assert serde.aggregate_header_from_proto(serde.aggregate_header_to_proto(header)) == header
 

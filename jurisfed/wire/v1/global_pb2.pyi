@@ -53,12 +53,23 @@ class AggregateHeader(google.protobuf.message.Message):
     COHORT_SIZE_FIELD_NUMBER: builtins.int
     EXAMPLE_TOTAL_FIELD_NUMBER: builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: builtins.int
+    WITHHELD_TENSORS_FIELD_NUMBER: builtins.int
+    POLICY_SHA256_FIELD_NUMBER: builtins.int
+    COMPRESSION_FIELD_NUMBER: builtins.int
     round: builtins.int
     cohort_size: builtins.int
     """Silos whose updates are in this aggregate."""
     example_total: builtins.int
     """Training examples behind this aggregate; the global aggregation weight."""
     idempotency_key: builtins.str
+    policy_sha256: builtins.str
+    """Attestation: "sha256:<hex>" of the residency policy the regional enforced on this aggregate."""
+    compression: builtins.str
+    """How the chunks are encoded: "int8" or "none"."""
+    @property
+    def withheld_tensors(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Tensors left out because the exporting jurisdiction's policy keeps them local."""
+
     def __init__(
         self,
         *,
@@ -66,8 +77,11 @@ class AggregateHeader(google.protobuf.message.Message):
         cohort_size: builtins.int = ...,
         example_total: builtins.int = ...,
         idempotency_key: builtins.str = ...,
+        withheld_tensors: collections.abc.Iterable[builtins.str] | None = ...,
+        policy_sha256: builtins.str = ...,
+        compression: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["cohort_size", b"cohort_size", "example_total", b"example_total", "idempotency_key", b"idempotency_key", "round", b"round"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["cohort_size", b"cohort_size", "compression", b"compression", "example_total", b"example_total", "idempotency_key", b"idempotency_key", "policy_sha256", b"policy_sha256", "round", b"round", "withheld_tensors", b"withheld_tensors"]) -> None: ...
 
 global___AggregateHeader = AggregateHeader
 
@@ -112,6 +126,41 @@ class SubmitAggregateResponse(google.protobuf.message.Message):
 global___SubmitAggregateResponse = SubmitAggregateResponse
 
 @typing.final
+class DeclineRoundRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: builtins.int
+    RULE_ID_FIELD_NUMBER: builtins.int
+    REASON_FIELD_NUMBER: builtins.int
+    POLICY_SHA256_FIELD_NUMBER: builtins.int
+    round: builtins.int
+    rule_id: builtins.str
+    """The rule of the regional's policy that refused, and why, in a sentence."""
+    reason: builtins.str
+    policy_sha256: builtins.str
+    def __init__(
+        self,
+        *,
+        round: builtins.int = ...,
+        rule_id: builtins.str = ...,
+        reason: builtins.str = ...,
+        policy_sha256: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["policy_sha256", b"policy_sha256", "reason", b"reason", "round", b"round", "rule_id", b"rule_id"]) -> None: ...
+
+global___DeclineRoundRequest = DeclineRoundRequest
+
+@typing.final
+class DeclineRoundResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+global___DeclineRoundResponse = DeclineRoundResponse
+
+@typing.final
 class GetGlobalStatusRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
@@ -130,6 +179,7 @@ class GlobalStatus(google.protobuf.message.Message):
     REGISTERED_JURISDICTIONS_FIELD_NUMBER: builtins.int
     ROUNDS_FIELD_NUMBER: builtins.int
     CONTRIBUTIONS_FIELD_NUMBER: builtins.int
+    REFUSALS_FIELD_NUMBER: builtins.int
     current_round: builtins.int
     state: jurisfed.wire.v1.rounds_pb2.RoundState.ValueType
     @property
@@ -140,6 +190,8 @@ class GlobalStatus(google.protobuf.message.Message):
     def contributions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Contribution]:
         """Per round and jurisdiction, what each regional contributed."""
 
+    @property
+    def refusals(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Refusal]: ...
     def __init__(
         self,
         *,
@@ -148,8 +200,9 @@ class GlobalStatus(google.protobuf.message.Message):
         registered_jurisdictions: collections.abc.Iterable[builtins.str] | None = ...,
         rounds: collections.abc.Iterable[jurisfed.wire.v1.rounds_pb2.RoundSummary] | None = ...,
         contributions: collections.abc.Iterable[global___Contribution] | None = ...,
+        refusals: collections.abc.Iterable[global___Refusal] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["contributions", b"contributions", "current_round", b"current_round", "registered_jurisdictions", b"registered_jurisdictions", "rounds", b"rounds", "state", b"state"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["contributions", b"contributions", "current_round", b"current_round", "refusals", b"refusals", "registered_jurisdictions", b"registered_jurisdictions", "rounds", b"rounds", "state", b"state"]) -> None: ...
 
 global___GlobalStatus = GlobalStatus
 
@@ -182,3 +235,29 @@ class Contribution(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["bytes_received", b"bytes_received", "cohort_size", b"cohort_size", "example_total", b"example_total", "float32_bytes_equivalent", b"float32_bytes_equivalent", "jurisdiction", b"jurisdiction", "round", b"round"]) -> None: ...
 
 global___Contribution = Contribution
+
+@typing.final
+class Refusal(google.protobuf.message.Message):
+    """A jurisdiction that did not take part in a round because a policy refused, and which rule."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: builtins.int
+    JURISDICTION_FIELD_NUMBER: builtins.int
+    RULE_ID_FIELD_NUMBER: builtins.int
+    REASON_FIELD_NUMBER: builtins.int
+    round: builtins.int
+    jurisdiction: builtins.str
+    rule_id: builtins.str
+    reason: builtins.str
+    def __init__(
+        self,
+        *,
+        round: builtins.int = ...,
+        jurisdiction: builtins.str = ...,
+        rule_id: builtins.str = ...,
+        reason: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["jurisdiction", b"jurisdiction", "reason", b"reason", "round", b"round", "rule_id", b"rule_id"]) -> None: ...
+
+global___Refusal = Refusal

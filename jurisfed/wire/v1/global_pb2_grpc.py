@@ -37,6 +37,11 @@ class GlobalAggregatorStub(object):
                 request_serializer=jurisfed_dot_v1_dot_global__pb2.AggregateMessage.SerializeToString,
                 response_deserializer=jurisfed_dot_v1_dot_global__pb2.SubmitAggregateResponse.FromString,
                 )
+        self.DeclineRound = channel.unary_unary(
+                '/jurisfed.v1.GlobalAggregator/DeclineRound',
+                request_serializer=jurisfed_dot_v1_dot_global__pb2.DeclineRoundRequest.SerializeToString,
+                response_deserializer=jurisfed_dot_v1_dot_global__pb2.DeclineRoundResponse.FromString,
+                )
         self.GetStatus = channel.unary_unary(
                 '/jurisfed.v1.GlobalAggregator/GetStatus',
                 request_serializer=jurisfed_dot_v1_dot_global__pb2.GetGlobalStatusRequest.SerializeToString,
@@ -75,6 +80,13 @@ class GlobalAggregatorServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeclineRound(self, request, context):
+        """A regional whose residency policy refuses this round says so, with the rule, at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """Operator view of the federation's rounds.
         """
@@ -104,6 +116,11 @@ def add_GlobalAggregatorServicer_to_server(servicer, server):
                     servicer.SubmitAggregate,
                     request_deserializer=jurisfed_dot_v1_dot_global__pb2.AggregateMessage.FromString,
                     response_serializer=jurisfed_dot_v1_dot_global__pb2.SubmitAggregateResponse.SerializeToString,
+            ),
+            'DeclineRound': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineRound,
+                    request_deserializer=jurisfed_dot_v1_dot_global__pb2.DeclineRoundRequest.FromString,
+                    response_serializer=jurisfed_dot_v1_dot_global__pb2.DeclineRoundResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -185,6 +202,23 @@ class GlobalAggregator(object):
         return grpc.experimental.stream_unary(request_iterator, target, '/jurisfed.v1.GlobalAggregator/SubmitAggregate',
             jurisfed_dot_v1_dot_global__pb2.AggregateMessage.SerializeToString,
             jurisfed_dot_v1_dot_global__pb2.SubmitAggregateResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def DeclineRound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/jurisfed.v1.GlobalAggregator/DeclineRound',
+            jurisfed_dot_v1_dot_global__pb2.DeclineRoundRequest.SerializeToString,
+            jurisfed_dot_v1_dot_global__pb2.DeclineRoundResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 

@@ -46,6 +46,12 @@ class GlobalAggregatorStub:
     ]
     """A jurisdiction's aggregate delta: one header, then (compressed) chunks."""
 
+    DeclineRound: grpc.UnaryUnaryMultiCallable[
+        jurisfed.wire.v1.global_pb2.DeclineRoundRequest,
+        jurisfed.wire.v1.global_pb2.DeclineRoundResponse,
+    ]
+    """A regional whose residency policy refuses this round says so, with the rule, at once."""
+
     GetStatus: grpc.UnaryUnaryMultiCallable[
         jurisfed.wire.v1.global_pb2.GetGlobalStatusRequest,
         jurisfed.wire.v1.global_pb2.GlobalStatus,
@@ -76,6 +82,12 @@ class GlobalAggregatorAsyncStub:
         jurisfed.wire.v1.global_pb2.SubmitAggregateResponse,
     ]
     """A jurisdiction's aggregate delta: one header, then (compressed) chunks."""
+
+    DeclineRound: grpc.aio.UnaryUnaryMultiCallable[
+        jurisfed.wire.v1.global_pb2.DeclineRoundRequest,
+        jurisfed.wire.v1.global_pb2.DeclineRoundResponse,
+    ]
+    """A regional whose residency policy refuses this round says so, with the rule, at once."""
 
     GetStatus: grpc.aio.UnaryUnaryMultiCallable[
         jurisfed.wire.v1.global_pb2.GetGlobalStatusRequest,
@@ -115,6 +127,14 @@ class GlobalAggregatorServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[jurisfed.wire.v1.global_pb2.SubmitAggregateResponse, collections.abc.Awaitable[jurisfed.wire.v1.global_pb2.SubmitAggregateResponse]]:
         """A jurisdiction's aggregate delta: one header, then (compressed) chunks."""
+
+    @abc.abstractmethod
+    def DeclineRound(
+        self,
+        request: jurisfed.wire.v1.global_pb2.DeclineRoundRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[jurisfed.wire.v1.global_pb2.DeclineRoundResponse, collections.abc.Awaitable[jurisfed.wire.v1.global_pb2.DeclineRoundResponse]]:
+        """A regional whose residency policy refuses this round says so, with the rule, at once."""
 
     @abc.abstractmethod
     def GetStatus(

@@ -85,12 +85,20 @@ class RoundAnnouncement(google.protobuf.message.Message):
     TRAINING_FIELD_NUMBER: builtins.int
     DEADLINE_IN_S_FIELD_NUMBER: builtins.int
     BASE_MODEL_SHA256_FIELD_NUMBER: builtins.int
+    GLOBAL_LOCATION_FIELD_NUMBER: builtins.int
+    UPSTREAM_COMPRESSION_FIELD_NUMBER: builtins.int
     state: global___RoundState.ValueType
     round: builtins.int
     deadline_in_s: builtins.float
     """Seconds left until the round's deadline at the tier that answers."""
     base_model_sha256: builtins.str
     """SHA-256 (hex) of the model the round starts from."""
+    global_location: builtins.str
+    """Where the global aggregator is hosted (its policy's hosting location), so that each
+    regional can check before the round whether its policy lets an aggregate go there.
+    """
+    upstream_compression: builtins.str
+    """How a regional must encode the aggregate it forwards: "int8" or "none"."""
     @property
     def model_spec(self) -> jurisfed.wire.v1.tensors_pb2.ModelSpec: ...
     @property
@@ -104,9 +112,11 @@ class RoundAnnouncement(google.protobuf.message.Message):
         training: global___TrainingConfig | None = ...,
         deadline_in_s: builtins.float = ...,
         base_model_sha256: builtins.str = ...,
+        global_location: builtins.str = ...,
+        upstream_compression: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["model_spec", b"model_spec", "training", b"training"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["base_model_sha256", b"base_model_sha256", "deadline_in_s", b"deadline_in_s", "model_spec", b"model_spec", "round", b"round", "state", b"state", "training", b"training"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["base_model_sha256", b"base_model_sha256", "deadline_in_s", b"deadline_in_s", "global_location", b"global_location", "model_spec", b"model_spec", "round", b"round", "state", b"state", "training", b"training", "upstream_compression", b"upstream_compression"]) -> None: ...
 
 global___RoundAnnouncement = RoundAnnouncement
 
