@@ -54,6 +54,13 @@ def load_config(cls: type[T], path: Path | None, *, env_prefix: str, environ: Ma
     return _build(cls, raw, prefix, environ, "", base)
 
 
+def config_from_mapping(cls: type[T], raw: Mapping[str, Any], *, base: Path | None = None) -> T:
+    """Validate a mapping already parsed (from JSON, say) into `cls`, with the same checks and
+    key-naming errors as `load_config` and no environment overrides. Relative paths are taken
+    from `base` (default: the working directory)."""
+    return _build(cls, dict(raw), "JURISFED", {}, "", base if base is not None else Path.cwd())
+
+
 def _env_names(cls: type[Any], prefix: str) -> list[str]:
     """Every environment variable that overrides a key of `cls`."""
     hints = typing.get_type_hints(cls)

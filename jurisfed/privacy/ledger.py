@@ -36,7 +36,7 @@ from jurisfed.privacy.accounting import (
     rdp_curve,
     stored_epsilon,
 )
-from jurisfed.store.sqlite import transaction
+from jurisfed.store.sqlite import apply_schema, transaction
 
 SCHEMA_VERSION = 1
 SECONDS_PER_DAY = 86_400.0
@@ -134,13 +134,13 @@ class PrivacyLedger:
         self._clock = clock
         self._busy_timeout_s = busy_timeout_s
         with self._transaction(write=True) as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise LedgerUnavailable(
-                    f"{path} has ledger schema {version}; this jurisfed reads {SCHEMA_VERSION}"
-                )
-            for statement in _SCHEMA:
-                db.execute(statement)
+            apply_schema(
+                db,
+                _SCHEMA,
+                version=SCHEMA_VERSION,
+                what=f"privacy ledger {path}",
+                unavailable=LedgerUnavailable,
+            )
 
     # --- writing ---------------------------------------------------------------------------
 

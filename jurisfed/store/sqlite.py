@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,3 +37,20 @@ def transaction(
         if db.in_transaction:
             db.execute("ROLLBACK")
         db.close()
+
+
+def apply_schema(
+    db: sqlite3.Connection,
+    statements: Iterable[str],
+    *,
+    version: int,
+    what: str,
+    unavailable: type[JurisfedError],
+) -> None:
+    """Run `statements` (CREATE ... IF NOT EXISTS, and the PRAGMA user_version they set) in `db`,
+    first refusing, as `unavailable`, a file that a newer jurisfed wrote with a later schema."""
+    found = db.execute("PRAGMA user_version").fetchone()[0]
+    if found > version:
+        raise unavailable(f"{what} has schema {found}; this jurisfed reads {version}")
+    for statement in statements:
+        db.execute(statement)
