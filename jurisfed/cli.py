@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from jurisfed.audit.cli import add_audit_commands
+from jurisfed.auth.pki_cli import add_pki_commands
 from jurisfed.errors import ConfigError
 from jurisfed.operator.cli import add_round_commands
 from jurisfed.policy.cli import add_policy_commands
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     add_round_commands(commands)
     add_policy_commands(commands)
     add_audit_commands(commands)
+    add_pki_commands(commands)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -14,10 +14,11 @@ credentials over secure channels only, so a token never travels in plaintext.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -25,6 +26,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from jurisfed.auth.identity import Identity, peer_identity
 from jurisfed.auth.tokens import Role, TokenClaims
 from jurisfed.errors import ConfigError, JurisfedError, NotAllowed, Unauthenticated
+from jurisfed.rpc.call_guard import guard_handler
 
 AUTHORIZATION = "authorization"
 BEARER = "Bearer "
@@ -42,8 +44,6 @@ PUBLIC_METHODS = frozenset(
 _CLAIMS: contextvars.ContextVar[TokenClaims | None] = contextvars.ContextVar(
     "jurisfed_token_claims", default=None
 )
-
-Behavior = Callable[..., Any]
 
 
 def current_claims() -> TokenClaims:
@@ -123,22 +123,7 @@ class TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is
             return handler
         token = _bearer_token(handler_call_details.invocation_metadata)
         guard = _Guard(self._verifier, method, self._policy.roles_for(method), token)
-        serializers = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        kinds = (
-            (handler.unary_unary, grpc.unary_unary_rpc_method_handler, guard.single),
-            (handler.unary_stream, grpc.unary_stream_rpc_method_handler, guard.streaming),
-            (handler.stream_unary, grpc.stream_unary_rpc_method_handler, guard.single),
-            (handler.stream_stream, grpc.stream_stream_rpc_method_handler, guard.streaming),
-        )
-        for behavior, make_handler, wrap in kinds:
-            if behavior is None:
-                continue
-            callback_style = getattr(behavior, "experimental_non_blocking", False)
-            return make_handler((guard.non_blocking if callback_style else wrap)(behavior), **serializers)
-        return handler  # pragma: no cover - gRPC handlers always have one behaviour
+        return guard_handler(handler, guard.admit)
 
 
 @dataclass(frozen=True)
@@ -150,43 +135,15 @@ class _Guard:
     roles: frozenset[Role]
     token: str | JurisfedError  # the bearer token, or why the metadata holds none
 
-    def single(self, behavior: Behavior) -> Behavior:
-        """Wrap a handler that returns one response."""
-
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            reset = _CLAIMS.set(self._authorize(context))
-            try:
-                return behavior(request, context)
-            finally:
-                _CLAIMS.reset(reset)
-
-        return guarded
-
-    def streaming(self, behavior: Behavior) -> Behavior:
-        """Wrap a handler that returns an iterator; the claims stay visible while it yields."""
-
-        def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            reset = _CLAIMS.set(self._authorize(context))
-            try:
-                yield from behavior(request, context)
-            finally:
-                _CLAIMS.reset(reset)
-
-        return guarded
-
-    def non_blocking(self, behavior: Behavior) -> Behavior:
-        """Wrap a callback-style handler (gRPC's health Watch). It runs outside the error mapping,
-        so refusals abort here; it reports through callbacks, so it gets no claims."""
-
-        def guarded(request: Any, context: grpc.ServicerContext, send: Callable[[Any], None]) -> None:
-            try:
-                self._authorize(context)
-            except JurisfedError as error:
-                context.abort(error.status, str(error))
-            behavior(request, context, send)
-
-        guarded.experimental_non_blocking = True  # type: ignore[attr-defined]
-        return guarded
+    @contextlib.contextmanager
+    def admit(self, context: grpc.ServicerContext) -> Iterator[TokenClaims]:
+        """Authorize the call; its claims stay visible to the handler until it has finished."""
+        claims = self._authorize(context)
+        reset = _CLAIMS.set(claims)
+        try:
+            yield claims
+        finally:
+            _CLAIMS.reset(reset)
 
     def _authorize(self, context: grpc.ServicerContext) -> TokenClaims:
         if isinstance(self.token, JurisfedError):

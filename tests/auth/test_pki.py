@@ -133,6 +133,18 @@ def test_certificate_never_outlives_its_ca(tmp_path: Path) -> None:
     assert cert.not_valid_after_utc <= _load_cert(ca_dir / "ca.crt").not_valid_after_utc
 
 
+def test_a_certificate_can_start_in_the_past_and_then_reads_as_expired(pki: Path, tmp_path: Path) -> None:
+    start = datetime.datetime.now(datetime.UTC).replace(microsecond=0) - datetime.timedelta(days=3)
+    files = issue(pki, SILO, tmp_path / "node", valid_days=1, not_before=start)
+    cert = _load_cert(files.cert)
+    assert (cert.not_valid_before_utc, cert.not_valid_after_utc) == (
+        start,
+        start + datetime.timedelta(days=1),
+    )
+    with pytest.raises(ConfigError, match="expired on"):
+        certificate_identity(files.cert)
+
+
 def test_long_identity_keeps_full_uri_san_and_a_short_common_name(pki: Path, tmp_path: Path) -> None:
     identity = Identity("ABCDEFGHIJKLMNOP", Tier.REGIONAL, "r" * 63)
     cert = _load_cert(issue(pki, identity, tmp_path / "node").cert)
