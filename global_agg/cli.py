@@ -7,7 +7,7 @@ import threading
 
 from global_agg.config import GlobalConfig
 from global_agg.coordinator import GlobalCoordinator, RoundPlan
-from global_agg.servicer import global_service
+from global_agg.servicer import METHOD_ROLES, SERVICE, global_service
 from jurisfed.audit.tier import open_tier_log
 from jurisfed.auth.identity import GLOBAL_JURISDICTION, Tier
 from jurisfed.auth.pki import own_identity
@@ -16,7 +16,9 @@ from jurisfed.modeling.mlp import Mlp
 from jurisfed.policy.guard import PolicyGuard, load_tier_policy
 from jurisfed.policy.model import Policy
 from jurisfed.process import split_address, tier_main, write_ready_file
+from jurisfed.rpc.revocation_interceptor import revocation_interceptor
 from jurisfed.rpc.server import serve
+from jurisfed.rpc.token_interceptor import token_interceptor
 from jurisfed.store.checkpoints import CheckpointStore
 
 log = logging.getLogger("jurisfed.global")
@@ -84,12 +86,17 @@ def run(config: GlobalConfig, stop: threading.Event) -> None:
         extra={"policy": policy.label, "location": policy.hosting_location, "members": sorted(members)},
     )
     host, port = split_address(config.listen)
+    interceptors = [
+        revocation_interceptor(config.tls.ca_cert, config.crl),
+        token_interceptor(identity, config.token_keys, METHOD_ROLES, SERVICE),
+    ]
     with serve(
         [global_service(coordinator)],
         config.tls,
         host=host,
         port=port,
         max_message_bytes=config.max_message_bytes,
+        interceptors=interceptors,
     ) as server:
         rounds = threading.Thread(target=coordinator.run, args=(stop,), name="rounds", daemon=True)
         rounds.start()

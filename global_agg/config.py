@@ -24,6 +24,15 @@ class GlobalConfig:
         "regional sends, and only these jurisdictions may register"
     )
     policy_keys: Path = setting("approver public keys trusted to sign policies: a .pem file or a directory")
+    token_keys: Path = setting(
+        "key set of the public token keys trusted to call this aggregator: a directory with one "
+        "folder per role (silo/, regional/, operator/, auditor/) of KID.pem files, or a JWKS file; "
+        "re-read on change"
+    )
+    crl: Path = setting(
+        "the federation CA's certificate revocation list (PEM); re-read on change, so a revoked "
+        "certificate is refused without a restart"
+    )
     listen: str = setting(
         "host:port to serve regionals and operators on (port 0 picks a free port)", "127.0.0.1:50051"
     )

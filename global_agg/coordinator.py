@@ -22,6 +22,7 @@ from jurisfed.audit.events import AuditEvent, Decision, Detail, EventKind, refus
 from jurisfed.audit.sink import AuditSink
 from jurisfed.auth.identity import GLOBAL_JURISDICTION, Identity, Tier
 from jurisfed.auth.roles import require_tier
+from jurisfed.auth.signatures import StreamSignature
 from jurisfed.errors import JurisfedError, NotAllowed, WrongState
 from jurisfed.policy.guard import PolicyGuard
 from jurisfed.policy.model import Artifact, Endpoint, Flow
@@ -177,10 +178,17 @@ class GlobalCoordinator:
         self._guard.require(flow, round_number=round_number, subject=peer)
 
     def submit_aggregate(
-        self, peer: Identity, header: AggregateHeader, chunks: Iterable[tensors_pb2.TensorChunk], meter: Meter
+        self,
+        peer: Identity,
+        header: AggregateHeader,
+        chunks: Iterable[tensors_pb2.TensorChunk],
+        meter: Meter,
+        certificate_pem: bytes,
     ) -> Receipt:
+        """Take a jurisdiction's aggregate; its signature is verified as it streams and recorded."""
+        signature = StreamSignature(header.round, peer, certificate_pem, header.content_signature)
         try:
-            receipt = self._take_aggregate(peer, header, chunks, meter)
+            receipt = self._take_aggregate(peer, header, signature.wrap(chunks), meter)
         except JurisfedError as error:
             self._record(
                 EventKind.AGGREGATE_RECEIVED,
@@ -192,16 +200,19 @@ class GlobalCoordinator:
             )
             raise
         if not receipt.duplicate:
+            digests, evidence = signature.evidence()
             self._record(
                 EventKind.AGGREGATE_RECEIVED,
                 peer.jurisdiction,
                 round_number=header.round,
                 subject=peer,
                 decision=Decision.ALLOW,
+                digests=digests,
                 details={
                     Detail.COHORT_SIZE: header.cohort_size,
                     Detail.EXAMPLE_COUNT: header.example_total,
                     Detail.BYTES: meter.total_bytes,
+                    **evidence,
                 },
             )
         return receipt

@@ -9,7 +9,10 @@ import grpc
 from global_agg.coordinator import GlobalCoordinator
 from jurisfed.auth.identity import Tier, peer_identity
 from jurisfed.auth.roles import require_tier
+from jurisfed.auth.signatures import peer_certificate_pem
+from jurisfed.auth.tokens import Role
 from jurisfed.rpc.server import Service, long_poll_budget_s
+from jurisfed.rpc.token_interceptor import MethodRoles
 from jurisfed.wire import serde
 from jurisfed.wire.chunks import encode_tensors, split_stream
 from jurisfed.wire.metering import Meter
@@ -46,7 +49,7 @@ class GlobalServicer(global_pb2_grpc.GlobalAggregatorServicer):
         meter = Meter()
         header, chunks = split_stream(meter.wrap(request_iterator))
         receipt = self._coordinator.submit_aggregate(
-            peer, serde.aggregate_header_from_proto(header), chunks, meter
+            peer, serde.aggregate_header_from_proto(header), chunks, meter, peer_certificate_pem(context)
         )
         return global_pb2.SubmitAggregateResponse(accepted=receipt.accepted, duplicate=receipt.duplicate)
 
@@ -73,9 +76,24 @@ class GlobalServicer(global_pb2_grpc.GlobalAggregatorServicer):
         )
 
 
+SERVICE = global_pb2.DESCRIPTOR.services_by_name["GlobalAggregator"]
+# Which token roles may call each method; anything else is refused before its handler runs.
+METHOD_ROLES = MethodRoles.for_service(
+    SERVICE.full_name,
+    {
+        "RegisterRegional": [Role.REGIONAL],
+        "WaitForRound": [Role.REGIONAL],
+        "FetchModel": [Role.REGIONAL],
+        "SubmitAggregate": [Role.REGIONAL],
+        "DeclineRound": [Role.REGIONAL],
+        "GetStatus": [Role.OPERATOR, Role.AUDITOR],
+    },
+)
+
+
 def global_service(coordinator: GlobalCoordinator) -> Service:
     servicer = GlobalServicer(coordinator)
     return Service(
-        name=global_pb2.DESCRIPTOR.services_by_name["GlobalAggregator"].full_name,
+        name=SERVICE.full_name,
         register=lambda server: global_pb2_grpc.add_GlobalAggregatorServicer_to_server(servicer, server),
     )

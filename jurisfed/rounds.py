@@ -34,6 +34,8 @@ class RoundAnnouncement:
     # Where the global aggregator is hosted, so a regional can check its policy before the round.
     global_location: str = ""
     upstream_compression: str = "int8"
+    # W3C trace context of the round's span (empty: not traced).
+    traceparent: str = ""
 
 
 # How a regional may encode the aggregate it forwards.
@@ -52,6 +54,8 @@ class UpdateHeader:
     example_count: int
     idempotency_key: str
     train_loss: float
+    # The silo's signature over (round, its identity, digest of the chunks); see auth.signatures.
+    content_signature: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class AggregateHeader:
     # Attestation: the hash of the residency policy the regional enforced on this aggregate.
     policy_sha256: str = ""
     compression: str = "int8"
+    # The regional's signature over (round, its identity, digest of the chunks).
+    content_signature: bytes = b""
 
 
 @dataclass(frozen=True)

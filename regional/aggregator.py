@@ -22,6 +22,7 @@ from jurisfed.audit.events import AuditEvent, Decision, Detail, EventKind, refus
 from jurisfed.audit.sink import AuditSink
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.roles import require_tier
+from jurisfed.auth.signatures import StreamSignature
 from jurisfed.errors import InvalidInput, JurisfedError, NotAllowed, NotFound, WrongState
 from jurisfed.policy.guard import PolicyGuard
 from jurisfed.policy.model import Artifact, Endpoint, Flow
@@ -133,10 +134,17 @@ class RegionalAggregator:
         self.guard.require(flow, round_number=round_number, subject=peer)
 
     def submit_update(
-        self, peer: Identity, header: UpdateHeader, chunks: Iterable[tensors_pb2.TensorChunk], meter: Meter
+        self,
+        peer: Identity,
+        header: UpdateHeader,
+        chunks: Iterable[tensors_pb2.TensorChunk],
+        meter: Meter,
+        certificate_pem: bytes,
     ) -> Receipt:
+        """Take a silo's update; its signature is verified as the chunks arrive and recorded."""
+        signature = StreamSignature(header.round, peer, certificate_pem, header.content_signature)
         try:
-            receipt = self._take_update(peer, header, chunks, meter)
+            receipt = self._take_update(peer, header, signature.wrap(chunks), meter)
         except JurisfedError as error:
             self._record(
                 EventKind.UPDATE_RECEIVED,
@@ -147,12 +155,18 @@ class RegionalAggregator:
             )
             raise
         if not receipt.duplicate:
+            digests, evidence = signature.evidence()
             self._record(
                 EventKind.UPDATE_RECEIVED,
                 round_number=header.round,
                 subject=peer,
                 decision=Decision.ALLOW,
-                details={Detail.EXAMPLE_COUNT: header.example_count, Detail.BYTES: meter.total_bytes},
+                digests=digests,
+                details={
+                    Detail.EXAMPLE_COUNT: header.example_count,
+                    Detail.BYTES: meter.total_bytes,
+                    **evidence,
+                },
             )
         return receipt
 

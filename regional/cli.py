@@ -5,17 +5,24 @@ from __future__ import annotations
 import logging
 import threading
 
+import grpc
+
 from jurisfed.audit.tier import open_tier_log
 from jurisfed.auth.identity import Tier
 from jurisfed.auth.pki import own_identity
+from jurisfed.auth.signatures import ContentSigner
+from jurisfed.auth.tokens import Role
 from jurisfed.policy.guard import PolicyGuard, load_tier_policy
 from jurisfed.process import split_address, tier_main, write_ready_file
-from jurisfed.rpc.channel import open_channel
+from jurisfed.rpc.channel import open_authenticated_channel
+from jurisfed.rpc.jurisdiction_interceptor import JurisdictionInterceptor
+from jurisfed.rpc.revocation_interceptor import revocation_interceptor
 from jurisfed.rpc.server import serve
+from jurisfed.rpc.token_interceptor import token_interceptor
 from jurisfed.store.checkpoints import CheckpointStore
 from regional.aggregator import RegionalAggregator
 from regional.config import RegionalConfig
-from regional.servicer import regional_service
+from regional.servicer import METHOD_ROLES, SERVICE, regional_service
 from regional.upstream import Upstream
 
 log = logging.getLogger("jurisfed.regional")
@@ -49,17 +56,35 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
     )
     log.info("residency policy loaded", extra={"policy": policy.label, "sha256": policy.sha256})
     host, port = split_address(config.listen)
+    interceptors = [
+        revocation_interceptor(config.tls.ca_cert, config.crl),
+        JurisdictionInterceptor(identity.jurisdiction),
+        token_interceptor(identity, config.token_keys, METHOD_ROLES, SERVICE),
+    ]
+    tokens = config.token.minter(identity, Role.REGIONAL)
+
+    def dial_global() -> grpc.Channel:
+        channel, _ = open_authenticated_channel(
+            config.global_address,
+            config.tls,
+            tokens,
+            expect=Tier.GLOBAL,
+            max_message_bytes=config.max_message_bytes,
+        )
+        return channel
+
     with serve(
         [regional_service(aggregator)],
         config.tls,
         host=host,
         port=port,
         max_message_bytes=config.max_message_bytes,
+        interceptors=interceptors,
     ) as server:
-        channel = open_channel(config.global_address, config.tls, max_message_bytes=config.max_message_bytes)
         upstream = Upstream(
             aggregator,
-            channel,
+            dial_global,
+            signer=ContentSigner.from_tls_files(config.tls),
             forward_margin_s=config.forward_margin_s,
             stop=stop,
             quantization_seed=config.quantization_seed,
@@ -72,7 +97,7 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
         stop.wait()
         aggregator.shutdown()
         server.stop(grace_s=5.0)
-        channel.close()  # cancels the upstream's long poll
+        upstream.close()  # cancels the upstream's long poll
         follower.join(timeout=5.0)
     audit.close()
     log.info("stopped")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jurisfed.auth.pki import TlsFiles
+from jurisfed.auth.tokens import TokenKeyFile
 from jurisfed.config import setting
 
 
@@ -19,6 +20,18 @@ class RegionalConfig:
         "this jurisdiction's signed residency policy (YAML); the regional refuses to start without it"
     )
     policy_keys: Path = setting("approver public keys trusted to sign the policy: a .pem file or a directory")
+    token: TokenKeyFile = setting(
+        "this regional's token key, for its calls to the global aggregator: key, kid"
+    )
+    token_keys: Path = setting(
+        "key set of the public token keys trusted to call this aggregator: a directory with one "
+        "folder per role (silo/, regional/, operator/, auditor/) of KID.pem files, or a JWKS file; "
+        "re-read on change"
+    )
+    crl: Path = setting(
+        "the federation CA's certificate revocation list (PEM); re-read on change, so a revoked "
+        "certificate is refused without a restart"
+    )
     listen: str = setting("host:port to serve silos on (port 0 picks a free port)", "127.0.0.1:50061")
     audit_key: Path | None = setting(
         "Ed25519 key that signs this tier's audit checkpoints; empty: made in state_dir on first start",

@@ -8,7 +8,10 @@ import grpc
 
 from jurisfed.auth.identity import Tier, peer_identity
 from jurisfed.auth.roles import require_tier
+from jurisfed.auth.signatures import peer_certificate_pem
+from jurisfed.auth.tokens import Role
 from jurisfed.rpc.server import Service, long_poll_budget_s
+from jurisfed.rpc.token_interceptor import MethodRoles
 from jurisfed.wire import serde
 from jurisfed.wire.chunks import encode_tensors, split_stream
 from jurisfed.wire.metering import Meter
@@ -53,7 +56,9 @@ class RegionalServicer(regional_pb2_grpc.RegionalAggregatorServicer):
         peer = peer_identity(context)
         meter = Meter()
         header, chunks = split_stream(meter.wrap(request_iterator))
-        receipt = self._aggregator.submit_update(peer, serde.update_header_from_proto(header), chunks, meter)
+        receipt = self._aggregator.submit_update(
+            peer, serde.update_header_from_proto(header), chunks, meter, peer_certificate_pem(context)
+        )
         return regional_pb2.SubmitUpdateResponse(accepted=receipt.accepted, duplicate=receipt.duplicate)
 
     def GetStatus(
@@ -68,9 +73,24 @@ class RegionalServicer(regional_pb2_grpc.RegionalAggregatorServicer):
         )
 
 
+SERVICE = regional_pb2.DESCRIPTOR.services_by_name["RegionalAggregator"]
+# Which token roles may call each method; anything else is refused before its handler runs.
+METHOD_ROLES = MethodRoles.for_service(
+    SERVICE.full_name,
+    {
+        "RegisterSilo": [Role.SILO],
+        "WaitForTask": [Role.SILO],
+        "FetchModel": [Role.SILO],
+        "FetchPersonalizedModel": [Role.SILO],
+        "SubmitUpdate": [Role.SILO],
+        "GetStatus": [Role.OPERATOR, Role.AUDITOR],
+    },
+)
+
+
 def regional_service(aggregator: RegionalAggregator) -> Service:
     servicer = RegionalServicer(aggregator)
     return Service(
-        name=regional_pb2.DESCRIPTOR.services_by_name["RegionalAggregator"].full_name,
+        name=SERVICE.full_name,
         register=lambda server: regional_pb2_grpc.add_RegionalAggregatorServicer_to_server(servicer, server),
     )

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 
 from jurisfed import __version__
+from jurisfed.auth.signatures import ContentSigner, digest_chunks
 from jurisfed.policy.model import Decision
 from jurisfed.rounds import AggregateHeader, RoundAnnouncement, RoundState
 from jurisfed.rpc.channel import DEFAULT_DEADLINE_S
@@ -38,14 +39,20 @@ class Upstream:
     def __init__(
         self,
         aggregator: RegionalAggregator,
-        channel: grpc.Channel,
+        dial: Callable[[], grpc.Channel],
         *,
+        signer: ContentSigner,
         forward_margin_s: float,
         stop: threading.Event,
         quantization_seed: int | None = None,
     ) -> None:
+        """`dial` connects to the global aggregator (it may fail while the global is down);
+        `signer` signs every aggregate with this regional's certificate key."""
         self._aggregator = aggregator
-        self._stub = global_pb2_grpc.GlobalAggregatorStub(channel)
+        self._dial = dial
+        self._channel: grpc.Channel | None = None
+        self._stub: global_pb2_grpc.GlobalAggregatorStub
+        self._signer = signer
         self._margin_s = forward_margin_s
         self._stop = stop
         self._rng = np.random.default_rng(
@@ -55,6 +62,12 @@ class Upstream:
     def run(self) -> None:
         """Follow the global's rounds until it says the federation finished or `stop` is set."""
         self._aggregator.wait_for_quorum_of_silos(self._stop)
+        channel = self._call("reach the global aggregator", self._dial)
+        if channel is None:
+            self._aggregator.finish()
+            return
+        self._channel = channel
+        self._stub = global_pb2_grpc.GlobalAggregatorStub(channel)
         self._call("register with the global aggregator", self._register)
         last_round = 0
         while not self._stop.is_set():
@@ -67,6 +80,11 @@ class Upstream:
             self._run_round(announcement)
         self._aggregator.finish()
         log.info("upstream finished", extra={"last_round": last_round})
+
+    def close(self) -> None:
+        """Close the link; a long poll in flight returns at once."""
+        if self._channel is not None:
+            self._channel.close()
 
     def _register(self) -> None:
         response = self._stub.RegisterRegional(
@@ -154,6 +172,8 @@ class Upstream:
         assert closed.mean_delta is not None
         sent = spec.without(export.withheld)
         delta: Weights = {t.name: closed.mean_delta[t.name] for t in sent.tensors}
+        encoding = tensors_pb2.ENCODING_INT8 if export.compression == "int8" else tensors_pb2.ENCODING_RAW
+        chunks = list(encode_tensors(sent, delta, encoding=encoding, rng=self._rng))
         header = serde.aggregate_header_to_proto(
             AggregateHeader(
                 closed.number,
@@ -163,13 +183,13 @@ class Upstream:
                 withheld_tensors=export.withheld,
                 policy_sha256=export.decision.policy_sha256,
                 compression=export.compression,
+                content_signature=self._signer.sign(closed.number, digest_chunks(chunks)),
             )
         )
-        encoding = tensors_pb2.ENCODING_INT8 if export.compression == "int8" else tensors_pb2.ENCODING_RAW
 
         def messages() -> Iterator[global_pb2.AggregateMessage]:
             yield global_pb2.AggregateMessage(header=header)
-            for chunk in encode_tensors(sent, delta, encoding=encoding, rng=self._rng):
+            for chunk in chunks:
                 yield global_pb2.AggregateMessage(chunk=chunk)
 
         response = self._stub.SubmitAggregate(messages(), timeout=max(timeout_s, 1.0))

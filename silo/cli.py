@@ -8,7 +8,9 @@ import threading
 from jurisfed.audit.tier import open_tier_log
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import own_identity
-from jurisfed.auth.server_identity import server_identity
+from jurisfed.auth.server_identity import wait_for_server_identity
+from jurisfed.auth.signatures import ContentSigner
+from jurisfed.auth.tokens import Role
 from jurisfed.errors import NotAllowed
 from jurisfed.policy.guard import PolicyGuard, load_tier_policy
 from jurisfed.policy.model import Artifact, Endpoint, Flow
@@ -44,11 +46,19 @@ def run(config: SiloConfig, stop: threading.Event) -> None:
     log.info("data loaded", extra={"examples": len(dataset.labels), "identity": str(identity)})
     audit = open_tier_log(config.state_dir, identity, config.audit_key)
     try:
-        with open_channel(config.regional_address, config.tls) as channel:
+        # Whom the address reaches, from its certificate, and whether policy allows it: before
+        # any call, so a silo pointed at the wrong regional sends it nothing at all.
+        regional = wait_for_server_identity(
+            config.regional_address, config.tls, timeout_s=config.connect_timeout_s
+        )
+        check_regional(PolicyGuard(policy, identity, audit), identity, regional)
+        tokens = config.token.minter(identity, Role.SILO)
+        with open_channel(
+            config.regional_address, config.tls, tokens=tokens, audience=regional.uri
+        ) as channel:
             wait_until_serving(channel, timeout_s=config.connect_timeout_s)
-            regional = server_identity(config.regional_address, config.tls)
-            check_regional(PolicyGuard(policy, identity, audit), identity, regional)
-            SiloClient(channel, dataset, seed=config.seed, stop=stop).run()
+            signer = ContentSigner.from_tls_files(config.tls)
+            SiloClient(channel, dataset, seed=config.seed, stop=stop, signer=signer).run()
     finally:
         audit.close()
     log.info("stopped")

@@ -19,6 +19,7 @@ from typing import TypeVar
 import grpc
 
 from jurisfed import __version__
+from jurisfed.auth.signatures import ContentSigner, digest_chunks
 from jurisfed.modeling.mlp import Mlp
 from jurisfed.rounds import RoundAnnouncement, RoundState, UpdateHeader
 from jurisfed.rpc.channel import DEFAULT_DEADLINE_S
@@ -27,7 +28,7 @@ from jurisfed.tensors import ModelSpec, Weights
 from jurisfed.wire import serde
 from jurisfed.wire.chunks import encode_tensors
 from jurisfed.wire.models import receive_model
-from jurisfed.wire.v1 import regional_pb2, regional_pb2_grpc, rounds_pb2
+from jurisfed.wire.v1 import regional_pb2, regional_pb2_grpc, rounds_pb2, tensors_pb2
 from silo.data import LocalDataset, schema_sha256
 from silo.trainer import train
 
@@ -46,9 +47,16 @@ class RoundReport:
 
 class SiloClient:
     def __init__(
-        self, channel: grpc.Channel, dataset: LocalDataset, *, seed: int, stop: threading.Event
+        self,
+        channel: grpc.Channel,
+        dataset: LocalDataset,
+        *,
+        seed: int,
+        stop: threading.Event,
+        signer: ContentSigner,
     ) -> None:
         self._stub = regional_pb2_grpc.RegionalAggregatorStub(channel)
+        self._signer = signer
         self._dataset = dataset
         self._seed = seed
         self._stop = stop
@@ -108,14 +116,17 @@ class SiloClient:
                 "s": round(time.monotonic() - began, 2),
             },
         )
+        # Encoded once, so the signature covers exactly the chunks every retry sends.
+        chunks = list(encode_tensors(spec, result.delta))
         header = UpdateHeader(
             round=announcement.round,
             example_count=result.example_count,
             idempotency_key=f"{announcement.round}-{secrets.token_hex(8)}",
             train_loss=result.train_loss,
+            content_signature=self._signer.sign(announcement.round, digest_chunks(chunks)),
         )
         accepted = self._call(
-            "submit the update", lambda: self._submit(spec, header, result.delta, deadline - time.monotonic())
+            "submit the update", lambda: self._submit(header, chunks, deadline - time.monotonic())
         )
         return RoundReport(announcement.round, bool(accepted), result.train_loss)
 
@@ -125,10 +136,10 @@ class SiloClient:
         )
         return receive_model(chunks, spec, announcement.base_model_sha256)
 
-    def _submit(self, spec: ModelSpec, header: UpdateHeader, delta: Weights, timeout_s: float) -> bool:
+    def _submit(self, header: UpdateHeader, chunks: list[tensors_pb2.TensorChunk], timeout_s: float) -> bool:
         def messages() -> Iterator[regional_pb2.UpdateMessage]:
             yield regional_pb2.UpdateMessage(header=serde.update_header_to_proto(header))
-            for chunk in encode_tensors(spec, delta):
+            for chunk in chunks:
                 yield regional_pb2.UpdateMessage(chunk=chunk)
 
         response = self._stub.SubmitUpdate(messages(), timeout=max(timeout_s, 1.0))

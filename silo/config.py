@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jurisfed.auth.pki import TlsFiles
+from jurisfed.auth.tokens import TokenKeyFile
 from jurisfed.config import setting
 
 
@@ -20,6 +21,7 @@ class SiloConfig:
     )
     policy_keys: Path = setting("approver public keys trusted to sign the policy: a .pem file or a directory")
     state_dir: Path = setting("directory for this silo's audit log of policy decisions")
+    token: TokenKeyFile = setting("this silo's token key, for its calls to the regional: key, kid")
     audit_key: Path | None = setting(
         "Ed25519 key that signs this silo's audit checkpoints; empty: made in state_dir on first start",
         None,

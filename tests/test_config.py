@@ -115,6 +115,8 @@ def test_absolute_and_home_paths_are_kept(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 POLICY_YAML = "policy: eu.yaml\npolicy_keys: keys\n"
+TOKEN_YAML = "token:\n  key: node.key\n  kid: node-1\n"
+SERVER_YAML = "token_keys: token-keys\ncrl: crl.pem\n"
 
 
 def test_the_real_configs_load_from_yaml(tmp_path: Path) -> None:
@@ -124,6 +126,8 @@ def test_the_real_configs_load_from_yaml(tmp_path: Path) -> None:
             tmp_path,
             "jurisdiction: EU\nglobal_address: global.example:50051\nstate_dir: state\n"
             + POLICY_YAML
+            + TOKEN_YAML
+            + SERVER_YAML
             + TLS_YAML,
             "regional.yaml",
         ),
@@ -135,6 +139,11 @@ def test_the_real_configs_load_from_yaml(tmp_path: Path) -> None:
     )
     assert (regional.jurisdiction, regional.state_dir, regional.min_silos) == ("EU", tmp_path / "state", 2)
     assert (regional.policy, regional.policy_keys) == (tmp_path / "eu.yaml", tmp_path / "keys")
+    assert (regional.token.key, regional.token.kid, regional.crl) == (
+        tmp_path / "node.key",
+        "node-1",
+        tmp_path / "crl.pem",
+    )
 
     silo = load_config(
         SiloConfig,
@@ -143,6 +152,7 @@ def test_the_real_configs_load_from_yaml(tmp_path: Path) -> None:
             "jurisdiction: EU\nregional_address: localhost:50061\ndata: data.npz\nseed: 7\n"
             + "state_dir: silo-state\n"
             + POLICY_YAML
+            + TOKEN_YAML
             + TLS_YAML,
             "silo.yaml",
         ),
@@ -177,6 +187,7 @@ def test_the_global_training_epochs_can_be_overridden_from_the_environment(tmp_p
         "state_dir: state\ntraining:\n  epochs: 3\n  batch_size: 8\n"
         + POLICY_YAML
         + "member_policies: [eu.yaml, us.yaml]\n"
+        + SERVER_YAML
         + TLS_YAML,
     )
     config = load_config(
@@ -325,7 +336,7 @@ def test_values_the_dataclass_itself_refuses_are_config_errors(tmp_path: Path) -
         load(write(tmp_path, "name: a\ndata_dir: /d\nratio: 1.5\n"))
     path = write(
         tmp_path,
-        "state_dir: s\nrounds: 0\nmember_policies: [eu.yaml]\n" + POLICY_YAML + TLS_YAML,
+        "state_dir: s\nrounds: 0\nmember_policies: [eu.yaml]\n" + POLICY_YAML + SERVER_YAML + TLS_YAML,
         "global.yaml",
     )
     with pytest.raises(ConfigError, match="rounds must be at least 1"):

@@ -89,6 +89,7 @@ class Detail(enum.StrEnum):
 
     CODE_VERSION = "code_version"
     MODEL_SIGNATURE = "model_signature"
+    CONTENT_SIGNATURE = "content_signature"  # hex DER signature over (round, sender, content digest)
     EXAMPLE_COUNT = "example_count"
     COHORT_SIZE = "cohort_size"
     COMPRESSION = "compression"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 
 from cryptography import x509
 
@@ -40,3 +41,18 @@ def server_identity(target: str, tls: TlsFiles, *, timeout_s: float = 10.0) -> I
     if der is None:
         raise Unauthenticated(f"{target} presented no certificate")
     return identity_from_certificate(x509.load_der_x509_certificate(der))
+
+
+def wait_for_server_identity(target: str, tls: TlsFiles, *, timeout_s: float) -> Identity:
+    """`server_identity`, retried while the server is not listening yet; TimeoutError after
+    `timeout_s`. A handshake that fails (a server outside the federation) is not retried."""
+    give_up = time.monotonic() + timeout_s
+    delay_s = 0.1
+    while True:
+        try:
+            return server_identity(target, tls)
+        except OSError as error:
+            if time.monotonic() + delay_s > give_up:
+                raise TimeoutError(f"{target} was not reachable within {timeout_s:g} s: {error}") from None
+            time.sleep(delay_s)
+            delay_s = min(delay_s * 2, 2.0)

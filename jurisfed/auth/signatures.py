@@ -274,3 +274,40 @@ def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+class StreamSignature:
+    """One upload's signature, checked as its chunks stream through `wrap`; the evidence after.
+
+    `verified` is the (statement, signature, certificate) to record once the stream has been
+    consumed and verified; None before that, or when the stream was never read (a duplicate).
+    """
+
+    def __init__(self, round_number: int, sender: Identity, certificate_pem: bytes, signature: bytes) -> None:
+        self._round = round_number
+        self._sender = sender
+        self._certificate_pem = certificate_pem
+        self._signature = signature
+        self.verified: VerifiedSignature | None = None
+
+    def wrap(self, chunks: Iterable[tensors_pb2.TensorChunk]) -> Iterator[tensors_pb2.TensorChunk]:
+        return verified_chunks(
+            chunks,
+            round_number=self._round,
+            sender=self._sender.uri,
+            certificate_pem=self._certificate_pem,
+            signature=lambda: self._signature,
+            on_verified=self._keep,
+        )
+
+    def _keep(self, verified: VerifiedSignature) -> None:
+        self.verified = verified
+
+    def evidence(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Audit digests and details: the content digest and the signature, when verified."""
+        if self.verified is None:
+            return {}, {}
+        return (
+            {"content": self.verified.statement.content_sha256.hex()},
+            {"content_signature": self.verified.signature.hex()},
+        )

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.replay import ReplayCache
+from jurisfed.config import setting
 from jurisfed.errors import ConfigError, NotAllowed, Unauthenticated
 
 # One algorithm family, hard-coded: never taken from the token (RFC 8725 §2.1, §3.1).
@@ -133,15 +134,7 @@ class TokenMinter:
         cls, path: Path, *, kid: str, identity: Identity, role: Role, lifetime_s: int = DEFAULT_LIFETIME_S
     ) -> TokenMinter:
         """A minter signing with the P-256 private key in PEM file `path`."""
-        try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except OSError as error:
-            raise ConfigError(f"token key {path} cannot be read: {error.strerror}") from None
-        except (ValueError, TypeError):
-            raise ConfigError(f"token key {path} is not an unencrypted PEM private key") from None
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ConfigError(f"token key {path} is not an EC private key")
-        return cls(key, kid=kid, identity=identity, role=role, lifetime_s=lifetime_s)
+        return cls(load_token_key(path), kid=kid, identity=identity, role=role, lifetime_s=lifetime_s)
 
     @property
     def identity(self) -> Identity:
@@ -162,6 +155,19 @@ class TokenMinter:
             "role": self._role.value,
         }
         return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self._kid})
+
+
+def load_token_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The EC private key in PEM file `path`; ConfigError naming the file otherwise."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as error:
+        raise ConfigError(f"token key {path} cannot be read: {error.strerror}") from None
+    except (ValueError, TypeError):
+        raise ConfigError(f"token key {path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"token key {path} is not an EC private key")
+    return key
 
 
 class TokenVerifier:
@@ -310,3 +316,16 @@ def _show(value: object) -> str:
     """A header or claim value as an error may quote it: short, and printable."""
     text = repr(value)
     return text if len(text) <= _MAX_SHOWN_CHARS else text[:_MAX_SHOWN_CHARS] + "..."
+
+
+@dataclass(frozen=True)
+class TokenKeyFile:
+    """A node's token key, as its configuration names it (`jurisfed pki token-key` makes one)."""
+
+    key: Path = setting("this node's P-256 token key (PEM, 0600); it signs a fresh JWT for every call")
+    kid: str = setting(
+        "the key id the receivers' key sets hold its public half under (token-keys/ROLE/KID.pem)"
+    )
+
+    def minter(self, identity: Identity, role: Role) -> TokenMinter:
+        return TokenMinter.from_key_file(self.key, kid=self.kid, identity=identity, role=role)

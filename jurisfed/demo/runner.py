@@ -20,7 +20,9 @@ from pathlib import Path
 import grpc
 
 from jurisfed.auth.identity import GLOBAL_JURISDICTION, Identity, Tier
-from jurisfed.auth.pki import TlsFiles, create_ca, issue
+from jurisfed.auth.pki import TlsFiles, create_ca
+from jurisfed.auth.provisioning import Provisioner
+from jurisfed.auth.tokens import Role, TokenKeyFile
 from jurisfed.demo.fleet import Fleet, FleetError, Member
 from jurisfed.demo.partition import (
     DEFAULT_TEST_FRACTION,
@@ -118,7 +120,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> DemoResults:
         test_fraction=DEFAULT_TEST_FRACTION,
     )
     say("provisioning a federation CA and a certificate for every node")
-    pki = _Pki(out / "pki")
+    pki = Provisioner(create_ca(out / "pki" / "ca"), out / "pki")
     fleet = Fleet(out)
     try:
         members = _start_federation(settings, partition, policies, pki, fleet, say)
@@ -132,19 +134,6 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> DemoResults:
     if failures:
         raise FleetError("\n".join(failures))
     return results
-
-
-class _Pki:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.ca = create_ca(directory / "ca")
-
-    def node(self, identity: Identity) -> TlsFiles:
-        return issue(
-            self.ca,
-            identity,
-            self.directory / f"{identity.jurisdiction}-{identity.tier.value}-{identity.node}",
-        )
 
 
 def _prepare(out: Path) -> Path:
@@ -162,24 +151,36 @@ def _tls(files: TlsFiles) -> dict[str, str]:
     return {"ca_cert": str(files.ca_cert), "cert": str(files.cert), "key": str(files.key)}
 
 
+def _token(key: TokenKeyFile) -> dict[str, str]:
+    return {"key": str(key.key), "kid": key.kid}
+
+
+def _regional_identity(jurisdiction: str) -> Identity:
+    return Identity(jurisdiction, Tier.REGIONAL, f"regional-{jurisdiction.lower()}")
+
+
 def _start_federation(
     settings: DemoSettings,
     partition: Partition,
     policies: _Policies,
-    pki: _Pki,
+    pki: Provisioner,
     fleet: Fleet,
     say: Callable[[str], None],
 ) -> dict[str, list[Member]]:
     keys = str(policies.keys)
+    regional_ids = [_regional_identity(j.name) for j in partition.jurisdictions]
+    global_callers = {OPERATOR: Role.OPERATOR, **dict.fromkeys(regional_ids, Role.REGIONAL)}
     global_member = fleet.start(
         "global",
         "global_agg",
         {
             "state_dir": str(fleet.directory / "global"),
-            "tls": _tls(pki.node(GLOBAL)),
+            "tls": _tls(pki.tls(GLOBAL)),
             "policy": str(policies.directory / "global.yaml"),
             "member_policies": [str(policies.file(j)) for j in settings.jurisdictions],
             "policy_keys": keys,
+            "token_keys": str(pki.key_set(GLOBAL, global_callers)),
+            "crl": str(pki.crl),
             "listen": "127.0.0.1:0",
             "rounds": settings.rounds,
             "round_deadline_s": settings.round_deadline_s,
@@ -198,8 +199,9 @@ def _start_federation(
     global_address = fleet.address_of(global_member, timeout_s=60.0)
     say(f"global aggregator serving on {global_address}")
     regionals: list[Member] = []
-    for index, jurisdiction in enumerate(partition.jurisdictions):
-        identity = Identity(jurisdiction.name, Tier.REGIONAL, f"regional-{jurisdiction.name.lower()}")
+    for index, (jurisdiction, identity) in enumerate(zip(partition.jurisdictions, regional_ids, strict=True)):
+        silo_ids = [Identity(jurisdiction.name, Tier.SILO, silo.name) for silo in jurisdiction.silos]
+        callers = {OPERATOR: Role.OPERATOR, **dict.fromkeys(silo_ids, Role.SILO)}
         regionals.append(
             fleet.start(
                 f"regional-{jurisdiction.name}",
@@ -208,9 +210,12 @@ def _start_federation(
                     "jurisdiction": jurisdiction.name,
                     "global_address": global_address,
                     "state_dir": str(fleet.directory / f"regional-{jurisdiction.name}"),
-                    "tls": _tls(pki.node(identity)),
+                    "tls": _tls(pki.tls(identity)),
                     "policy": str(policies.file(jurisdiction.name)),
                     "policy_keys": keys,
+                    "token": _token(pki.token(identity)),
+                    "token_keys": str(pki.key_set(identity, callers)),
+                    "crl": str(pki.crl),
                     "listen": "127.0.0.1:0",
                     "min_silos": len(jurisdiction.silos),
                     # Reproducible runs: the same --seed gives the same table.
@@ -233,9 +238,10 @@ def _start_federation(
                         "jurisdiction": jurisdiction.name,
                         "regional_address": address,
                         "data": str(silo.train_path),
-                        "tls": _tls(pki.node(identity)),
+                        "tls": _tls(pki.tls(identity)),
                         "policy": str(policies.file(jurisdiction.name)),
                         "policy_keys": keys,
+                        "token": _token(pki.token(identity)),
                         "state_dir": str(fleet.directory / silo.name),
                         "seed": settings.seed,
                     },
@@ -249,7 +255,7 @@ def _start_federation(
 def _watch(
     settings: DemoSettings,
     partition: Partition,
-    pki: _Pki,
+    pki: Provisioner,
     fleet: Fleet,
     members: dict[str, list[Member]],
     say: Callable[[str], None],
@@ -260,7 +266,10 @@ def _watch(
         for j, m in zip(partition.jurisdictions, members["regionals"], strict=True)
     }
     operator = OperatorClient(
-        pki.node(OPERATOR), fleet.address_of(global_member, timeout_s=1.0), regional_addresses
+        pki.tls(OPERATOR),
+        pki.token(OPERATOR).minter(OPERATOR, Role.OPERATOR),
+        fleet.address_of(global_member, timeout_s=1.0),
+        regional_addresses,
     )
     evaluator = _Evaluator(partition, fleet.directory)
     results = DemoResults(settings.rounds, tuple(j.name for j in partition.jurisdictions))

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import grpc
 
-from jurisfed.auth.pki import TlsFiles
+from jurisfed.auth.pki import TlsFiles, certificate_identity
+from jurisfed.auth.tokens import Role, TokenKeyFile
+from jurisfed.errors import ConfigError, NotAllowed
 from jurisfed.operator.client import FederationStatus, OperatorClient
 from jurisfed.rounds import RoundState, RoundSummary
 
@@ -43,6 +45,13 @@ def add_round_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
             required=True,
             help="directory with the operator's ca.crt, tls.crt and tls.key",
         )
+        action.add_argument(
+            "--token-key",
+            type=Path,
+            required=True,
+            metavar="KID.key",
+            help="the operator's token key (jurisfed pki token-key); its file name is its key id",
+        )
         action.set_defaults(run=handler)
 
 
@@ -53,7 +62,13 @@ def _client(args: argparse.Namespace) -> OperatorClient:
         if not jurisdiction or not address:
             raise SystemExit(f"--regional {item!r}: expected J=HOST:PORT, e.g. EU=127.0.0.1:50061")
         regionals[jurisdiction.upper()] = address
-    return OperatorClient(TlsFiles.in_directory(args.tls_dir), args.global_address, regionals)
+    tls = TlsFiles.in_directory(args.tls_dir)
+    try:
+        operator = certificate_identity(tls.cert)
+        tokens = TokenKeyFile(args.token_key, args.token_key.stem).minter(operator, Role.OPERATOR)
+        return OperatorClient(tls, tokens, args.global_address, regionals)
+    except (ConfigError, NotAllowed, OSError) as error:
+        raise SystemExit(f"jurisfed round: {error}") from None
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 import grpc
 
+from jurisfed.auth.identity import Tier
 from jurisfed.auth.pki import TlsFiles
 from jurisfed.rounds import Contribution, Refusal, RoundState, RoundSummary
-from jurisfed.rpc.channel import open_channel
+from jurisfed.rpc.channel import open_authenticated_channel
+from jurisfed.rpc.token_interceptor import TokenSource
 from jurisfed.wire import serde
 from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, regional_pb2, regional_pb2_grpc
 
@@ -36,13 +38,23 @@ class RegionalView:
 class OperatorClient:
     """One channel per aggregator; `close()` (or `with`) releases them."""
 
-    def __init__(self, tls: TlsFiles, global_address: str | None, regional_addresses: dict[str, str]) -> None:
+    def __init__(
+        self,
+        tls: TlsFiles,
+        tokens: TokenSource,
+        global_address: str | None,
+        regional_addresses: dict[str, str],
+    ) -> None:
+        """Channels to aggregators that are up: each call carries a token from `tokens`."""
+        self._tls, self._tokens = tls, tokens
         self._channels: list[grpc.Channel] = []
         self._global = (
-            global_pb2_grpc.GlobalAggregatorStub(self._open(global_address, tls)) if global_address else None
+            global_pb2_grpc.GlobalAggregatorStub(self._open(global_address, Tier.GLOBAL))
+            if global_address
+            else None
         )
         self._regionals = {
-            jurisdiction: regional_pb2_grpc.RegionalAggregatorStub(self._open(address, tls))
+            jurisdiction: regional_pb2_grpc.RegionalAggregatorStub(self._open(address, Tier.REGIONAL))
             for jurisdiction, address in regional_addresses.items()
         }
 
@@ -86,7 +98,7 @@ class OperatorClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _open(self, address: str, tls: TlsFiles) -> grpc.Channel:
-        channel = open_channel(address, tls)
+    def _open(self, address: str, tier: Tier) -> grpc.Channel:
+        channel, _ = open_authenticated_channel(address, self._tls, self._tokens, expect=tier)
         self._channels.append(channel)
         return channel

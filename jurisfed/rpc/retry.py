@@ -42,4 +42,9 @@ def with_retry(what: str, action: Callable[[], T], *, stop: threading.Event, log
         except JurisfedError as error:
             log.error("cannot %s: %s", what, error)
             return None
+        except OSError as error:  # a plain connection (a TLS probe) that could not be made
+            delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+            log.warning("cannot %s (%s); retrying in %.1f s", what, error.strerror or error, delay)
+            attempt += 1
+            stop.wait(delay)
     return None

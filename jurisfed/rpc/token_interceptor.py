@@ -18,13 +18,16 @@ import contextlib
 import contextvars
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from jurisfed.auth.identity import Identity, peer_identity
-from jurisfed.auth.tokens import Role, TokenClaims
+from jurisfed.auth.replay import ReplayCache
+from jurisfed.auth.token_keys import KeySet
+from jurisfed.auth.tokens import Role, TokenClaims, TokenVerifier
 from jurisfed.errors import ConfigError, JurisfedError, NotAllowed, Unauthenticated
 from jurisfed.rpc.call_guard import guard_handler
 
@@ -207,3 +210,17 @@ def token_channel_credentials(
 ) -> grpc.ChannelCredentials:
     """`tls` (this node's mTLS credentials) plus a fresh token on every call."""
     return grpc.composite_channel_credentials(tls, token_call_credentials(source, audience))
+
+
+def token_interceptor(
+    server: Identity, key_set: Path, roles: MethodRoles, *services: ServiceDescriptor
+) -> TokenInterceptor:
+    """The interceptor a tier serves with: tokens addressed to `server`, signed by a key in
+    `key_set` (re-read on change), each `jti` accepted once, roles as `roles` says.
+
+    ConfigError at start-up when the key set cannot be read or a method of `services` is
+    callable by no role.
+    """
+    roles.check_covers(*services)
+    verifier = TokenVerifier(audience=server.uri, keys=KeySet(key_set), replay=ReplayCache())
+    return TokenInterceptor(verifier, roles)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from jurisfed.auth.signatures import MAX_SIGNATURE_BYTES
 from jurisfed.errors import InvalidInput
 from jurisfed.rounds import (
     MAX_EXAMPLES_PER_SILO,
@@ -47,6 +48,7 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _POLICY_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _LOCATION = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _MAX_WITHHELD = 1024
+_MAX_TRACEPARENT = 128
 
 
 # --- Model description -------------------------------------------------------------------
@@ -130,6 +132,7 @@ def round_announcement_to_proto(announcement: RoundAnnouncement) -> rounds_pb2.R
         base_model_sha256=announcement.base_model_sha256,
         global_location=announcement.global_location,
         upstream_compression=announcement.upstream_compression,
+        traceparent=announcement.traceparent,
     )
     if announcement.model_spec is not None:
         message.model_spec.CopyFrom(model_spec_to_proto(announcement.model_spec))
@@ -166,6 +169,7 @@ def round_announcement_from_proto(message: rounds_pb2.RoundAnnouncement) -> Roun
         base_model_sha256=message.base_model_sha256,
         global_location=_location(where, message.global_location),
         upstream_compression=_compression(where, "upstream_compression", message.upstream_compression),
+        traceparent=_traceparent(where, message.traceparent),
     )
 
 
@@ -178,6 +182,7 @@ def update_header_to_proto(header: UpdateHeader) -> regional_pb2.UpdateHeader:
         example_count=header.example_count,
         idempotency_key=header.idempotency_key,
         train_loss=header.train_loss,
+        content_signature=header.content_signature,
     )
 
 
@@ -188,6 +193,7 @@ def update_header_from_proto(message: regional_pb2.UpdateHeader) -> UpdateHeader
         example_count=_between(where, "example_count", message.example_count, 1, MAX_EXAMPLES_PER_SILO),
         idempotency_key=_idempotency_key(where, message.idempotency_key),
         train_loss=_finite(where, "train_loss", message.train_loss),
+        content_signature=_signature(where, message.content_signature),
     )
 
 
@@ -200,6 +206,7 @@ def aggregate_header_to_proto(header: AggregateHeader) -> global_pb2.AggregateHe
         withheld_tensors=header.withheld_tensors,
         policy_sha256=header.policy_sha256,
         compression=header.compression,
+        content_signature=header.content_signature,
     )
 
 
@@ -214,6 +221,7 @@ def aggregate_header_from_proto(message: global_pb2.AggregateHeader) -> Aggregat
         withheld_tensors=_withheld(where, message.withheld_tensors),
         policy_sha256=_policy_sha256(where, message.policy_sha256),
         compression=_compression(where, "compression", message.compression),
+        content_signature=_signature(where, message.content_signature),
     )
 
 
@@ -364,6 +372,23 @@ def _policy_sha256(where: str, value: str) -> str:
         raise InvalidInput(
             f"{where}: policy_sha256 must attest the enforced policy as 'sha256:' and 64 hex digits, "
             f"got {value[:80]!r}"
+        )
+    return value
+
+
+def _signature(where: str, signature: bytes) -> bytes:
+    """Bounded here; whether it verifies is checked once the content has streamed in."""
+    if len(signature) > MAX_SIGNATURE_BYTES:
+        raise InvalidInput(
+            f"{where}: content_signature has {len(signature)} bytes, at most {MAX_SIGNATURE_BYTES}"
+        )
+    return bytes(signature)
+
+
+def _traceparent(where: str, value: str) -> str:
+    if len(value) > _MAX_TRACEPARENT or not value.isascii():
+        raise InvalidInput(
+            f"{where}: traceparent must be a W3C trace context of at most {_MAX_TRACEPARENT} ASCII characters"
         )
     return value
 

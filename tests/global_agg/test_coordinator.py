@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,6 +21,7 @@ from global_agg.servicer import global_service
 from jurisfed.audit.sink import MemoryAuditSink
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import issue
+from jurisfed.auth.signatures import ContentSigner, digest_chunks
 from jurisfed.policy.guard import PolicyGuard
 from jurisfed.policy.loader import read_policy
 from jurisfed.rounds import TrainingConfig
@@ -51,6 +53,8 @@ MEMBERS = ("EU", "IN", "US")
 ATTESTATIONS = {j: read_policy(EXAMPLE_POLICIES / f"{j.lower()}.yaml").sha256 for j in MEMBERS}
 
 Stub = global_pb2_grpc.GlobalAggregatorStub
+# Each regional stub's signer: the key of the certificate the stub connects with.
+SIGNERS: weakref.WeakKeyDictionary[Stub, ContentSigner] = weakref.WeakKeyDictionary()
 
 
 class Federation:
@@ -70,9 +74,12 @@ class Federation:
 
     def stub(self, identity: Identity) -> Stub:
         directory = self._tmp / "peers" / f"{identity.jurisdiction}-{identity.tier.value}-{identity.node}"
-        channel = open_channel(self.address, issue(self._pki, identity, directory))
+        files = issue(self._pki, identity, directory)
+        channel = open_channel(self.address, files)
         self._channels.append(channel)
-        return Stub(channel)
+        stub = Stub(channel)
+        SIGNERS[stub] = ContentSigner.from_tls_files(files)
+        return stub
 
     def regional(self, jurisdiction: str, node: str | None = None) -> Stub:
         """A regional of `jurisdiction`, registered."""
@@ -174,6 +181,8 @@ def submit(
     chunks = encode_tensors(
         SPEC, delta, encoding=tensors_pb2.ENCODING_INT8, rng=np.random.default_rng(len(key))
     )
+    chunks = list(chunks)
+    header.content_signature = SIGNERS[stub].sign(round_number, digest_chunks(chunks))
     messages = [global_pb2.AggregateMessage(header=header)]
     messages += [global_pb2.AggregateMessage(chunk=chunk) for chunk in chunks]
     return stub.SubmitAggregate(iter(messages), timeout=CALL_TIMEOUT_S)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -18,13 +19,16 @@ import yaml
 
 from jurisfed.audit.events import AuditRecord, Decision, EventKind
 from jurisfed.auth.identity import Identity, Tier
-from jurisfed.auth.pki import TlsFiles, issue
+from jurisfed.auth.pki import TlsFiles
+from jurisfed.auth.provisioning import Provisioner
+from jurisfed.auth.signatures import ContentSigner, digest_chunks
+from jurisfed.auth.tokens import Role
 from jurisfed.demo.fleet import Fleet, Member
 from jurisfed.modeling.mlp import Mlp
 from jurisfed.operator.client import FederationStatus, OperatorClient
 from jurisfed.policy.loader import read_policy
 from jurisfed.rounds import RoundState
-from jurisfed.rpc.channel import open_channel, wait_until_serving
+from jurisfed.rpc.channel import open_authenticated_channel
 from jurisfed.tensors import Weights
 from jurisfed.wire import serde
 from jurisfed.wire.chunks import encode_tensors
@@ -50,20 +54,23 @@ class Federation:
     """Aggregators as processes under one policy directory, and the certificates to reach them."""
 
     def __init__(self, directory: Path, pki: Path, policies: Path) -> None:
-        self.directory, self.pki, self.policies = directory, pki, policies
+        self.directory, self.policies = directory, policies
+        self.nodes = Provisioner(pki, directory / "pki")
         self.fleet = Fleet(directory)
         self.addresses: dict[str, str] = {}
         self._channels: list[grpc.Channel] = []
 
     def tls(self, identity: Identity) -> TlsFiles:
-        name = f"{identity.jurisdiction}-{identity.tier.value}-{identity.node}"
-        return issue(self.pki, identity, self.directory / "pki" / name)
+        return self.nodes.tls(identity)
 
     def start_global(self, **settings: object) -> str:
         identity = Identity("GLOBAL", Tier.GLOBAL, "global-1")
+        callers = {OPERATOR: Role.OPERATOR, **{_regional(j): Role.REGIONAL for j in ("EU", "IN", "US")}}
         config = {
             "state_dir": str(self.directory / "global"),
             "tls": _tls_keys(self.tls(identity)),
+            "token_keys": str(self.nodes.key_set(identity, callers)),
+            "crl": str(self.nodes.crl),
             "policy": str(self.policies / "global.yaml"),
             "member_policies": [str(self.policies / f"{j}.yaml") for j in ("eu", "in", "us")],
             "policy_keys": str(self.policies / "keys"),
@@ -78,12 +85,17 @@ class Federation:
         return self.addresses["GLOBAL"]
 
     def start_regional(self, jurisdiction: str, **settings: object) -> Member:
-        identity = Identity(jurisdiction, Tier.REGIONAL, f"regional-{jurisdiction.lower()}")
+        identity = _regional(jurisdiction)
+        callers = {OPERATOR: Role.OPERATOR, Identity(jurisdiction, Tier.SILO, "hospital-a"): Role.SILO}
+        token = self.nodes.token(identity)
         config = {
             "jurisdiction": jurisdiction,
             "global_address": self.addresses["GLOBAL"],
             "state_dir": str(self.directory / f"regional-{jurisdiction}"),
             "tls": _tls_keys(self.tls(identity)),
+            "token": {"key": str(token.key), "kid": token.kid},
+            "token_keys": str(self.nodes.key_set(identity, callers)),
+            "crl": str(self.nodes.crl),
             "policy": str(self.policies / f"{jurisdiction.lower()}.yaml"),
             "policy_keys": str(self.policies / "keys"),
             "listen": "127.0.0.1:0",
@@ -95,24 +107,25 @@ class Federation:
         self.addresses[jurisdiction] = self.fleet.address_of(member, timeout_s=WAIT_S)
         return member
 
-    def channel(self, address: str, identity: Identity) -> grpc.Channel:
-        channel = open_channel(address, self.tls(identity))
+    def channel(self, address: str, identity: Identity, role: Role, server: Tier) -> grpc.Channel:
+        """A channel as `identity` would open it: mTLS plus a fresh token on every call."""
+        tokens = self.nodes.token(identity).minter(identity, role)
+        channel, _ = open_authenticated_channel(address, self.tls(identity), tokens, expect=server)
         self._channels.append(channel)
-        wait_until_serving(channel, timeout_s=WAIT_S)
         return channel
 
-    def silo(self, jurisdiction: str, node: str = "hospital-a") -> regional_pb2_grpc.RegionalAggregatorStub:
-        """A silo of `jurisdiction`, registered with that jurisdiction's regional."""
-        identity = Identity(jurisdiction, Tier.SILO, node)
-        stub = regional_pb2_grpc.RegionalAggregatorStub(self.channel(self.addresses[jurisdiction], identity))
+    def silo(self, jurisdiction: str) -> Silo:
+        """The silo hospital-a of `jurisdiction`, registered with that jurisdiction's regional."""
+        identity = Identity(jurisdiction, Tier.SILO, "hospital-a")
+        channel = self.channel(self.addresses[jurisdiction], identity, Role.SILO, Tier.REGIONAL)
+        stub = regional_pb2_grpc.RegionalAggregatorStub(channel)
         stub.RegisterSilo(regional_pb2.RegisterSiloRequest(example_count=50), timeout=CALL_S)
-        return stub
+        return Silo(stub, ContentSigner.from_tls_files(self.tls(identity)))
 
     def operator(self) -> OperatorClient:
         regionals = {j: a for j, a in self.addresses.items() if j != "GLOBAL"}
-        return OperatorClient(
-            self.tls(Identity("GLOBAL", Tier.OPERATOR, "ml-team")), self.addresses["GLOBAL"], regionals
-        )
+        tokens = self.nodes.token(OPERATOR).minter(OPERATOR, Role.OPERATOR)
+        return OperatorClient(self.tls(OPERATOR), tokens, self.addresses["GLOBAL"], regionals)
 
     def wait_until_finished(self) -> FederationStatus:
         with self.operator() as operator:
@@ -152,12 +165,26 @@ def federation(
         running.close()
 
 
+@dataclass(frozen=True)
+class Silo:
+    stub: regional_pb2_grpc.RegionalAggregatorStub
+    signer: ContentSigner
+
+
+OPERATOR = Identity("GLOBAL", Tier.OPERATOR, "ml-team")
+
+
+def _regional(jurisdiction: str) -> Identity:
+    return Identity(jurisdiction, Tier.REGIONAL, f"regional-{jurisdiction.lower()}")
+
+
 def _tls_keys(files: TlsFiles) -> dict[str, str]:
     return {"ca_cert": str(files.ca_cert), "cert": str(files.cert), "key": str(files.key)}
 
 
-def _take_part(stub: regional_pb2_grpc.RegionalAggregatorStub, value: float) -> None:
-    """One silo's round: wait for the task, fetch the model, send a constant delta."""
+def _take_part(silo: Silo, value: float) -> None:
+    """One silo's round: wait for the task, fetch the model, send a signed constant delta."""
+    stub = silo.stub
     announcement = stub.WaitForTask(
         rounds_pb2.WaitForRoundRequest(after_round=0, max_wait_s=WAIT_S), timeout=WAIT_S + 5
     )
@@ -166,11 +193,16 @@ def _take_part(stub: regional_pb2_grpc.RegionalAggregatorStub, value: float) -> 
     chunks = stub.FetchModel(rounds_pb2.FetchModelRequest(round=announcement.round), timeout=CALL_S)
     receive_model(chunks, spec, announcement.base_model_sha256)
     delta: Weights = {t.name: np.full(t.shape, value, dtype=np.float32) for t in spec.tensors}
+    chunks = list(encode_tensors(spec, delta))
     header = regional_pb2.UpdateHeader(
-        round=announcement.round, example_count=50, idempotency_key="u-1", train_loss=0.5
+        round=announcement.round,
+        example_count=50,
+        idempotency_key="u-1",
+        train_loss=0.5,
+        content_signature=silo.signer.sign(announcement.round, digest_chunks(chunks)),
     )
     messages = [regional_pb2.UpdateMessage(header=header)]
-    messages += [regional_pb2.UpdateMessage(chunk=c) for c in encode_tensors(spec, delta)]
+    messages += [regional_pb2.UpdateMessage(chunk=c) for c in chunks]
     assert stub.SubmitUpdate(iter(messages), timeout=CALL_S).accepted
 
 
@@ -228,8 +260,10 @@ def test_a_contract_local_policy_refuses_is_declined_with_its_rule_and_the_round
         ("IN", "in-aggregates-to-named-locations"),
     }
     # The command line the ML team uses shows the refusals.
-    operator_dir = running.tls(Identity("GLOBAL", Tier.OPERATOR, "ml-team")).cert.parent
+    operator_dir = running.tls(OPERATOR).cert.parent
+    token_key = running.nodes.token(OPERATOR).key
     command = ["round", "status", "--global", running.addresses["GLOBAL"], "--tls-dir", str(operator_dir)]
+    command += ["--token-key", str(token_key)]
     shown = subprocess.run(
         [sys.executable, "-m", "jurisfed", *command],
         capture_output=True,
@@ -277,7 +311,7 @@ def test_a_global_hosted_where_a_policy_does_not_allow_receives_nothing_from_tha
     assert {e.jurisdiction for e in received} == {"IN"}
     # EU's silo was never asked for an update it could not send anywhere.
     with pytest.raises(grpc.RpcError) as refused:
-        eu.FetchModel(rounds_pb2.FetchModelRequest(round=1), timeout=CALL_S).next()
+        eu.stub.FetchModel(rounds_pb2.FetchModelRequest(round=1), timeout=CALL_S).next()
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -287,9 +321,11 @@ def test_the_global_refuses_an_aggregate_below_the_exporters_minimum_cohort(
     running = federation({})
     running.start_global(expected_jurisdictions=1)
     # A regional that would forward two silos' aggregate although EU's policy requires five.
+    eu_regional = _regional("EU")
     stub = global_pb2_grpc.GlobalAggregatorStub(
-        running.channel(running.addresses["GLOBAL"], Identity("EU", Tier.REGIONAL, "regional-eu"))
+        running.channel(running.addresses["GLOBAL"], eu_regional, Role.REGIONAL, Tier.GLOBAL)
     )
+    signer = ContentSigner.from_tls_files(running.tls(eu_regional))
     stub.RegisterRegional(global_pb2.RegisterRegionalRequest(), timeout=CALL_S)
     stub.WaitForRound(rounds_pb2.WaitForRoundRequest(after_round=0, max_wait_s=WAIT_S), timeout=WAIT_S + 5)
     eu_policy = read_policy(running.policies / "eu.yaml")
@@ -306,7 +342,9 @@ def test_the_global_refuses_an_aggregate_below_the_exporters_minimum_cohort(
         )
         spec = ARCH.spec().without(["head/bias"])
         delta = {t.name: np.full(t.shape, 0.1, dtype=np.float32) for t in spec.tensors}
-        chunks = encode_tensors(spec, delta, encoding=tensors_pb2.ENCODING_INT8, rng=np.random.default_rng(0))
+        rng = np.random.default_rng(0)
+        chunks = list(encode_tensors(spec, delta, encoding=tensors_pb2.ENCODING_INT8, rng=rng))
+        header.content_signature = signer.sign(1, digest_chunks(chunks))
         messages = [global_pb2.AggregateMessage(header=header)]
         messages += [global_pb2.AggregateMessage(chunk=c) for c in chunks]
         response: global_pb2.SubmitAggregateResponse = stub.SubmitAggregate(iter(messages), timeout=CALL_S)
@@ -333,12 +371,13 @@ def test_an_eu_silo_is_refused_by_the_us_regional_and_by_its_own_policy(
     running.start_global(expected_jurisdictions=1, start_timeout_s=600)
     running.start_regional("US")
     eu_silo = Identity("EU", Tier.SILO, "hospital-a")
-    # The US regional refuses an EU certificate before anything else happens ...
-    stub = regional_pb2_grpc.RegionalAggregatorStub(running.channel(running.addresses["US"], eu_silo))
+    # The US regional refuses an EU certificate before any handler runs ...
+    channel = running.channel(running.addresses["US"], eu_silo, Role.SILO, Tier.REGIONAL)
+    stub = regional_pb2_grpc.RegionalAggregatorStub(channel)
     with pytest.raises(grpc.RpcError) as refused:
         stub.RegisterSilo(regional_pb2.RegisterSiloRequest(example_count=50), timeout=CALL_S)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "belongs to jurisdiction EU; this regional serves only US" in refused.value.details()
+    assert "belongs to jurisdiction EU; this server serves only US" in refused.value.details()
 
     # ... and a real EU silo pointed at the US regional refuses to send it anything (exit 4).
     data = tmp_path / "train.npz"
@@ -349,6 +388,7 @@ def test_an_eu_silo_is_refused_by_the_us_regional_and_by_its_own_policy(
         "regional_address": running.addresses["US"],
         "data": str(data),
         "tls": _tls_keys(running.tls(eu_silo)),
+        "token": {"key": str(running.nodes.token(eu_silo).key), "kid": running.nodes.token(eu_silo).kid},
         "policy": str(running.policies / "eu.yaml"),
         "policy_keys": str(running.policies / "keys"),
         "state_dir": str(tmp_path / "silo"),

@@ -22,8 +22,10 @@ import yaml
 from global_agg.config import GlobalConfig
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import TlsFiles, issue
+from jurisfed.auth.provisioning import Provisioner
+from jurisfed.auth.tokens import Role
 from jurisfed.config import describe
-from jurisfed.rpc.channel import open_channel, wait_until_serving
+from jurisfed.rpc.channel import open_authenticated_channel, wait_until_serving
 from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, regional_pb2, regional_pb2_grpc
 from regional.config import RegionalConfig
 from silo.config import SiloConfig
@@ -71,6 +73,15 @@ def policy_keys(jurisdiction: str) -> dict[str, object]:
     if jurisdiction == "GLOBAL":
         keys["member_policies"] = [str(EXAMPLE_POLICIES / f"{j}.yaml") for j in ("eu", "in", "us")]
     return keys
+
+
+def security_keys(tmp_path: Path) -> dict[str, object]:
+    """Token and revocation keys a config must name; never read by a node refused earlier."""
+    return {
+        "token": {"key": str(tmp_path / "token.key"), "kid": "node-1"},
+        "token_keys": str(tmp_path / "token-keys"),
+        "crl": str(tmp_path / "crl.pem"),
+    }
 
 
 def write_config(path: Path, values: dict[str, object]) -> Path:
@@ -127,6 +138,7 @@ def test_a_regional_whose_certificate_names_another_jurisdiction_refuses_to_star
             "state_dir": str(tmp_path / "state"),
             "tls": tls_keys(us_certificate),
             **policy_keys("EU"),
+            **security_keys(tmp_path),
         },
     )
     code, message = startup_failure("regional", config)
@@ -161,6 +173,7 @@ def test_a_tampered_or_unsigned_policy_stops_a_regional_at_start_up(
             "state_dir": str(tmp_path / "state"),
             "tls": tls_keys(files),
             **policy_keys("EU"),
+            **security_keys(tmp_path),
             "policy": str(policy),
         },
     )
@@ -191,6 +204,7 @@ def test_a_global_with_a_silo_certificate_refuses_to_start(pki: Path, tmp_path: 
             "tls": tls_keys(silo_certificate),
             "listen": "127.0.0.1:0",
             **policy_keys("GLOBAL"),
+            **{k: v for k, v in security_keys(tmp_path).items() if k != "token"},
         },
     )
     code, message = startup_failure("global_agg", config)
@@ -264,12 +278,21 @@ class Started:
         assert messages[-1] == "stopped"
 
 
+GLOBAL_NODE = Identity("GLOBAL", Tier.GLOBAL, "global")
+EU_REGIONAL = Identity("EU", Tier.REGIONAL, "regional-eu")
+EU_OPERATOR = Identity("EU", Tier.OPERATOR, "ops")
+EU_SILO = Identity("EU", Tier.SILO, "hospital-a")
+
+
 def start_global(processes: Processes, pki: Path, tmp_path: Path, **settings: object) -> Started:
-    tls = issue(pki, Identity("GLOBAL", Tier.GLOBAL, "global"), tmp_path / "global-tls")
+    nodes = Provisioner(pki, tmp_path / "nodes")
+    callers = {EU_REGIONAL: Role.REGIONAL, EU_OPERATOR: Role.OPERATOR}
     ready, log = tmp_path / "global.address", tmp_path / "global.log"
     config = {
         "state_dir": str(tmp_path / "global-state"),
-        "tls": tls_keys(tls),
+        "tls": tls_keys(nodes.tls(GLOBAL_NODE)),
+        "token_keys": str(nodes.key_set(GLOBAL_NODE, callers)),
+        "crl": str(nodes.crl),
         "listen": "127.0.0.1:0",
         "ready_file": str(ready),
         "architecture": "mlp-4-8-3",
@@ -282,13 +305,17 @@ def start_global(processes: Processes, pki: Path, tmp_path: Path, **settings: ob
 
 
 def start_regional(processes: Processes, pki: Path, tmp_path: Path, global_address: str) -> Started:
-    tls = issue(pki, Identity("EU", Tier.REGIONAL, "regional-eu"), tmp_path / "regional-tls")
+    nodes = Provisioner(pki, tmp_path / "nodes")
+    token = nodes.token(EU_REGIONAL)
     ready, log = tmp_path / "regional.address", tmp_path / "regional.log"
     config = {
         "jurisdiction": "EU",
         "global_address": global_address,
         "state_dir": str(tmp_path / "regional-state"),
-        "tls": tls_keys(tls),
+        "tls": tls_keys(nodes.tls(EU_REGIONAL)),
+        "token": {"key": str(token.key), "kid": token.kid},
+        "token_keys": str(nodes.key_set(EU_REGIONAL, {EU_SILO: Role.SILO, EU_OPERATOR: Role.OPERATOR})),
+        "crl": str(nodes.crl),
         "listen": "127.0.0.1:0",
         "ready_file": str(ready),
         "min_silos": 1,
@@ -301,12 +328,16 @@ def start_regional(processes: Processes, pki: Path, tmp_path: Path, global_addre
 
 def check_serving_and_join(pki: Path, tmp_path: Path, global_: Started, regional: Started) -> None:
     """Both answer health SERVING over mTLS; a silo registers and the regional joins the global."""
-    operator = issue(pki, Identity("EU", Tier.OPERATOR, "ops"), tmp_path / "operator-tls")
-    silo = issue(pki, Identity("EU", Tier.SILO, "hospital-a"), tmp_path / "silo-tls")
-    with (
-        open_channel(global_.address, operator) as to_global,
-        open_channel(regional.address, silo) as to_regional,
-    ):
+    nodes = Provisioner(pki, tmp_path / "nodes")
+    operator_tokens = nodes.token(EU_OPERATOR).minter(EU_OPERATOR, Role.OPERATOR)
+    silo_tokens = nodes.token(EU_SILO).minter(EU_SILO, Role.SILO)
+    to_global, _ = open_authenticated_channel(
+        global_.address, nodes.tls(EU_OPERATOR), operator_tokens, expect=Tier.GLOBAL
+    )
+    to_regional, _ = open_authenticated_channel(
+        regional.address, nodes.tls(EU_SILO), silo_tokens, expect=Tier.REGIONAL
+    )
+    with to_global, to_regional:
         wait_until_serving(to_global, timeout_s=10)
         wait_until_serving(to_global, service="jurisfed.v1.GlobalAggregator", timeout_s=10)
         wait_until_serving(to_regional, service="jurisfed.v1.RegionalAggregator", timeout_s=10)

@@ -14,6 +14,8 @@ from global_agg.servicer import global_service
 from jurisfed.audit.sink import MemoryAuditSink
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import issue
+from jurisfed.auth.signatures import ContentSigner, digest_chunks
+from jurisfed.auth.token_keys import generate_token_key
 from jurisfed.cli import main
 from jurisfed.policy.guard import PolicyGuard
 from jurisfed.rounds import TrainingConfig
@@ -75,9 +77,11 @@ def finished_federation(
                 compression="int8",
             )
             delta = {t.name: np.full(t.shape, 0.5, dtype=np.float32) for t in SPEC.tensors}
-            chunks = encode_tensors(
-                SPEC, delta, encoding=tensors_pb2.ENCODING_INT8, rng=np.random.default_rng(0)
+            chunks = list(
+                encode_tensors(SPEC, delta, encoding=tensors_pb2.ENCODING_INT8, rng=np.random.default_rng(0))
             )
+            signer = ContentSigner.from_tls_files(regional_tls)
+            header.content_signature = signer.sign(1, digest_chunks(chunks))
             messages = [global_pb2.AggregateMessage(header=header)]
             messages += [global_pb2.AggregateMessage(chunk=c) for c in chunks]
             eu.SubmitAggregate(iter(messages), timeout=10)
@@ -86,15 +90,19 @@ def finished_federation(
         stop.set()
 
 
-def operator_dir(pki: Path, tmp_path: Path, tier: Tier = Tier.OPERATOR) -> str:
-    return str(issue(pki, Identity("GLOBAL", tier, "ml-team"), tmp_path / f"cli-{tier.value}").cert.parent)
+def operator_args(pki: Path, tmp_path: Path, tier: Tier = Tier.OPERATOR) -> list[str]:
+    """--tls-dir and --token-key of a console whose certificate is of `tier`."""
+    directory = issue(pki, Identity("GLOBAL", tier, "ml-team"), tmp_path / f"cli-{tier.value}").cert.parent
+    token_key = directory / "ml-team-1.key"
+    generate_token_key(token_key)
+    return ["--tls-dir", str(directory), "--token-key", str(token_key)]
 
 
 def test_status_lists_each_round_with_its_outcome_and_jurisdictions(
     finished_federation: str, pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(
-        ["round", "status", "--global", finished_federation, "--tls-dir", operator_dir(pki, tmp_path)]
+        ["round", "status", "--global", finished_federation, *operator_args(pki, tmp_path)]
     )
     out = capsys.readouterr().out
     assert code == 0
@@ -105,7 +113,7 @@ def test_status_lists_each_round_with_its_outcome_and_jurisdictions(
 def test_watch_follows_rounds_until_the_federation_finishes(
     finished_federation: str, pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["round", "watch", "--global", finished_federation, "--tls-dir", operator_dir(pki, tmp_path)])
+    code = main(["round", "watch", "--global", finished_federation, *operator_args(pki, tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     assert out.splitlines()[-1] == "federation finished"
@@ -115,7 +123,7 @@ def test_watch_follows_rounds_until_the_federation_finishes(
 def test_status_without_the_operator_role_is_refused_plainly(
     finished_federation: str, pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    silo_dir = operator_dir(pki, tmp_path, Tier.SILO)
-    code = main(["round", "status", "--global", finished_federation, "--tls-dir", silo_dir])
-    assert code == 1
-    assert "PERMISSION_DENIED" in capsys.readouterr().err
+    silo_console = operator_args(pki, tmp_path, Tier.SILO)
+    with pytest.raises(SystemExit) as refused:
+        main(["round", "status", "--global", finished_federation, *silo_console])
+    assert "jurisfed://GLOBAL/silo/ml-team cannot hold the operator role" in str(refused.value)

@@ -4,6 +4,7 @@ nothing of it reaches the aggregate, and the round goes on with the honest silos
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from jurisfed.audit.events import Decision, EventKind
 from jurisfed.audit.sink import MemoryAuditSink
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import issue
+from jurisfed.auth.signatures import ContentSigner, digest_chunks
 from jurisfed.policy.guard import PolicyGuard
 from jurisfed.rounds import TrainingConfig
 from jurisfed.rpc.channel import open_channel
@@ -28,6 +30,10 @@ from regional.servicer import regional_service
 
 SPEC = ModelSpec("test", (TensorSpec("dense/kernel", (300, 7)), TensorSpec("dense/bias", (7,))))
 ROUND = 1
+# Each silo stub's signer: the key of the certificate the stub connects with.
+SIGNERS: weakref.WeakKeyDictionary[regional_pb2_grpc.RegionalAggregatorStub, ContentSigner] = (
+    weakref.WeakKeyDictionary()
+)
 DEADLINE_S = 30.0
 
 
@@ -47,7 +53,9 @@ class Federation:
         )
         channel = open_channel(self.address, files)
         self._channels.append(channel)
-        return regional_pb2_grpc.RegionalAggregatorStub(channel)
+        stub = regional_pb2_grpc.RegionalAggregatorStub(channel)
+        SIGNERS[stub] = ContentSigner.from_tls_files(files)
+        return stub
 
     def silo(self, node: str, examples: int = 100) -> regional_pb2_grpc.RegionalAggregatorStub:
         stub = self.stub(Identity("EU", Tier.SILO, node))
@@ -103,6 +111,20 @@ def update(
 
 
 def submit(
+    stub: regional_pb2_grpc.RegionalAggregatorStub,
+    messages: list[regional_pb2.UpdateMessage],
+    *,
+    signer: ContentSigner | None = None,
+) -> regional_pb2.SubmitUpdateResponse:
+    """Send `messages` as the silo behind `stub` does: signed with its certificate key over
+    exactly the chunks sent (or by `signer`, to impersonate)."""
+    header = messages[0].header
+    digest = digest_chunks(m.chunk for m in messages[1:])
+    header.content_signature = (signer or SIGNERS[stub]).sign(header.round, digest)
+    return stub.SubmitUpdate(iter(messages), timeout=10)
+
+
+def submit_unsigned(
     stub: regional_pb2_grpc.RegionalAggregatorStub, messages: list[regional_pb2.UpdateMessage]
 ) -> regional_pb2.SubmitUpdateResponse:
     return stub.SubmitUpdate(iter(messages), timeout=10)
@@ -204,6 +226,42 @@ def test_a_resubmitted_update_counts_once(federation: Federation) -> None:
     mean = close_round(federation.aggregator)
     assert mean is not None
     np.testing.assert_allclose(mean["dense/bias"], 2.0)
+
+
+def test_unsigned_and_mis_signed_updates_are_refused_and_count_for_nothing(
+    federation: Federation,
+) -> None:
+    silo_a, silo_b = federation.silo("hospital-a"), federation.silo("hospital-b")
+    open_round(federation.aggregator, delta(0.0))
+    with pytest.raises(grpc.RpcError) as unsigned:
+        submit_unsigned(silo_a, update(9.0))
+    assert unsigned.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "is missing: unsigned content is refused" in unsigned.value.details()
+    # hospital-b's key signing what hospital-a sends: the statement names the wrong sender.
+    with pytest.raises(grpc.RpcError) as impersonated:
+        submit(silo_a, update(9.0), signer=SIGNERS[silo_b])
+    assert impersonated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "does not verify" in impersonated.value.details()
+    # A signature over other content (the value was changed after signing).
+    messages = update(9.0)
+    header = messages[0].header
+    header.content_signature = SIGNERS[silo_a].sign(ROUND, digest_chunks(m.chunk for m in update(1.0)[1:]))
+    with pytest.raises(grpc.RpcError) as altered:
+        silo_a.SubmitUpdate(iter(messages), timeout=10)
+    assert altered.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    assert submit(silo_a, update(1.0)).accepted
+    assert submit(silo_b, update(3.0)).accepted
+    mean = close_round(federation.aggregator)
+    assert mean is not None
+    np.testing.assert_allclose(mean["dense/kernel"], 2.0, rtol=1e-6)  # 9.0 never counted
+    received = [e for e in federation.audit.events() if e.kind is EventKind.UPDATE_RECEIVED]
+    accepted = [e for e in received if e.decision is Decision.ALLOW]
+    assert len(accepted) == 2
+    for event in accepted:  # the evidence: content digest and the signature that verified it
+        assert len(event.digests["content"]) == 64
+        assert len(event.details["content_signature"]) > 100
+    assert sum(e.decision is Decision.DENY for e in received) == 3
 
 
 def test_an_update_claiming_more_examples_than_registered_is_refused(federation: Federation) -> None:

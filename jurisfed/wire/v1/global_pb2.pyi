@@ -56,6 +56,7 @@ class AggregateHeader(google.protobuf.message.Message):
     WITHHELD_TENSORS_FIELD_NUMBER: builtins.int
     POLICY_SHA256_FIELD_NUMBER: builtins.int
     COMPRESSION_FIELD_NUMBER: builtins.int
+    CONTENT_SIGNATURE_FIELD_NUMBER: builtins.int
     round: builtins.int
     cohort_size: builtins.int
     """Silos whose updates are in this aggregate."""
@@ -66,6 +67,10 @@ class AggregateHeader(google.protobuf.message.Message):
     """Attestation: "sha256:<hex>" of the residency policy the regional enforced on this aggregate."""
     compression: builtins.str
     """How the chunks are encoded: "int8" or "none"."""
+    content_signature: builtins.bytes
+    """ECDSA P-256 (DER) by the key of the regional's TLS certificate over (round, regional
+    identity, SHA-256 of the chunks as streamed); see jurisfed/auth/signatures.py.
+    """
     @property
     def withheld_tensors(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """Tensors left out because the exporting jurisdiction's policy keeps them local."""
@@ -80,8 +85,9 @@ class AggregateHeader(google.protobuf.message.Message):
         withheld_tensors: collections.abc.Iterable[builtins.str] | None = ...,
         policy_sha256: builtins.str = ...,
         compression: builtins.str = ...,
+        content_signature: builtins.bytes = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["cohort_size", b"cohort_size", "compression", b"compression", "example_total", b"example_total", "idempotency_key", b"idempotency_key", "policy_sha256", b"policy_sha256", "round", b"round", "withheld_tensors", b"withheld_tensors"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["cohort_size", b"cohort_size", "compression", b"compression", "content_signature", b"content_signature", "example_total", b"example_total", "idempotency_key", b"idempotency_key", "policy_sha256", b"policy_sha256", "round", b"round", "withheld_tensors", b"withheld_tensors"]) -> None: ...
 
 global___AggregateHeader = AggregateHeader
 

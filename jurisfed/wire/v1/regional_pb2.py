@@ -17,7 +17,7 @@ from jurisfed.wire.v1 import rounds_pb2 as jurisfed_dot_v1_dot_rounds__pb2
 from jurisfed.wire.v1 import tensors_pb2 as jurisfed_dot_v1_dot_tensors__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ajurisfed/v1/regional.proto\x12\x0bjurisfed.v1\x1a\x18jurisfed/v1/rounds.proto\x1a\x19jurisfed/v1/tensors.proto\"Y\n\x13RegisterSiloRequest\x12\x15\n\rexample_count\x18\x01 \x01(\x03\x12\x15\n\rschema_sha256\x18\x02 \x01(\t\x12\x14\n\x0c\x63ode_version\x18\x03 \x01(\t\"=\n\x14RegisterSiloResponse\x12\x0f\n\x07silo_id\x18\x01 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x02 \x01(\t\"a\n\x0cUpdateHeader\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x15\n\rexample_count\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x12\n\ntrain_loss\x18\x04 \x01(\x01\"o\n\rUpdateMessage\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.jurisfed.v1.UpdateHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.jurisfed.v1.TensorChunkH\x00\x42\x06\n\x04part\";\n\x14SubmitUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\x1a\n\x18GetRegionalStatusRequest\"\x82\x01\n\x0eRegionalStatus\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x15\n\rcurrent_round\x18\x02 \x01(\x03\x12\x18\n\x10registered_silos\x18\x03 \x03(\t\x12)\n\x06rounds\x18\x04 \x03(\x0b\x32\x19.jurisfed.v1.RoundSummary2\xfc\x03\n\x12RegionalAggregator\x12S\n\x0cRegisterSilo\x12 .jurisfed.v1.RegisterSiloRequest\x1a!.jurisfed.v1.RegisterSiloResponse\x12O\n\x0bWaitForTask\x12 .jurisfed.v1.WaitForRoundRequest\x1a\x1e.jurisfed.v1.RoundAnnouncement\x12H\n\nFetchModel\x12\x1e.jurisfed.v1.FetchModelRequest\x1a\x18.jurisfed.v1.TensorChunk0\x01\x12T\n\x16\x46\x65tchPersonalizedModel\x12\x1e.jurisfed.v1.FetchModelRequest\x1a\x18.jurisfed.v1.TensorChunk0\x01\x12O\n\x0cSubmitUpdate\x12\x1a.jurisfed.v1.UpdateMessage\x1a!.jurisfed.v1.SubmitUpdateResponse(\x01\x12O\n\tGetStatus\x12%.jurisfed.v1.GetRegionalStatusRequest\x1a\x1b.jurisfed.v1.RegionalStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ajurisfed/v1/regional.proto\x12\x0bjurisfed.v1\x1a\x18jurisfed/v1/rounds.proto\x1a\x19jurisfed/v1/tensors.proto\"Y\n\x13RegisterSiloRequest\x12\x15\n\rexample_count\x18\x01 \x01(\x03\x12\x15\n\rschema_sha256\x18\x02 \x01(\t\x12\x14\n\x0c\x63ode_version\x18\x03 \x01(\t\"=\n\x14RegisterSiloResponse\x12\x0f\n\x07silo_id\x18\x01 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x02 \x01(\t\"|\n\x0cUpdateHeader\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x15\n\rexample_count\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x12\n\ntrain_loss\x18\x04 \x01(\x01\x12\x19\n\x11\x63ontent_signature\x18\x05 \x01(\x0c\"o\n\rUpdateMessage\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.jurisfed.v1.UpdateHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.jurisfed.v1.TensorChunkH\x00\x42\x06\n\x04part\";\n\x14SubmitUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\x1a\n\x18GetRegionalStatusRequest\"\x82\x01\n\x0eRegionalStatus\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x15\n\rcurrent_round\x18\x02 \x01(\x03\x12\x18\n\x10registered_silos\x18\x03 \x03(\t\x12)\n\x06rounds\x18\x04 \x03(\x0b\x32\x19.jurisfed.v1.RoundSummary2\xfc\x03\n\x12RegionalAggregator\x12S\n\x0cRegisterSilo\x12 .jurisfed.v1.RegisterSiloRequest\x1a!.jurisfed.v1.RegisterSiloResponse\x12O\n\x0bWaitForTask\x12 .jurisfed.v1.WaitForRoundRequest\x1a\x1e.jurisfed.v1.RoundAnnouncement\x12H\n\nFetchModel\x12\x1e.jurisfed.v1.FetchModelRequest\x1a\x18.jurisfed.v1.TensorChunk0\x01\x12T\n\x16\x46\x65tchPersonalizedModel\x12\x1e.jurisfed.v1.FetchModelRequest\x1a\x18.jurisfed.v1.TensorChunk0\x01\x12O\n\x0cSubmitUpdate\x12\x1a.jurisfed.v1.UpdateMessage\x1a!.jurisfed.v1.SubmitUpdateResponse(\x01\x12O\n\tGetStatus\x12%.jurisfed.v1.GetRegionalStatusRequest\x1a\x1b.jurisfed.v1.RegionalStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -29,15 +29,15 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_REGISTERSILORESPONSE']._serialized_start=187
   _globals['_REGISTERSILORESPONSE']._serialized_end=248
   _globals['_UPDATEHEADER']._serialized_start=250
-  _globals['_UPDATEHEADER']._serialized_end=347
-  _globals['_UPDATEMESSAGE']._serialized_start=349
-  _globals['_UPDATEMESSAGE']._serialized_end=460
-  _globals['_SUBMITUPDATERESPONSE']._serialized_start=462
-  _globals['_SUBMITUPDATERESPONSE']._serialized_end=521
-  _globals['_GETREGIONALSTATUSREQUEST']._serialized_start=523
-  _globals['_GETREGIONALSTATUSREQUEST']._serialized_end=549
-  _globals['_REGIONALSTATUS']._serialized_start=552
-  _globals['_REGIONALSTATUS']._serialized_end=682
-  _globals['_REGIONALAGGREGATOR']._serialized_start=685
-  _globals['_REGIONALAGGREGATOR']._serialized_end=1193
+  _globals['_UPDATEHEADER']._serialized_end=374
+  _globals['_UPDATEMESSAGE']._serialized_start=376
+  _globals['_UPDATEMESSAGE']._serialized_end=487
+  _globals['_SUBMITUPDATERESPONSE']._serialized_start=489
+  _globals['_SUBMITUPDATERESPONSE']._serialized_end=548
+  _globals['_GETREGIONALSTATUSREQUEST']._serialized_start=550
+  _globals['_GETREGIONALSTATUSREQUEST']._serialized_end=576
+  _globals['_REGIONALSTATUS']._serialized_start=579
+  _globals['_REGIONALSTATUS']._serialized_end=709
+  _globals['_REGIONALAGGREGATOR']._serialized_start=712
+  _globals['_REGIONALAGGREGATOR']._serialized_end=1220
 # @@protoc_insertion_point(module_scope)

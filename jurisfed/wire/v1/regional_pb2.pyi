@@ -62,12 +62,17 @@ class UpdateHeader(google.protobuf.message.Message):
     EXAMPLE_COUNT_FIELD_NUMBER: builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: builtins.int
     TRAIN_LOSS_FIELD_NUMBER: builtins.int
+    CONTENT_SIGNATURE_FIELD_NUMBER: builtins.int
     round: builtins.int
     example_count: builtins.int
     """Number of training examples behind this update; the aggregation weight."""
     idempotency_key: builtins.str
     """A retried upload with the same key is accepted once."""
     train_loss: builtins.float
+    content_signature: builtins.bytes
+    """ECDSA P-256 (DER) by the key of the silo's TLS certificate over (round, silo identity,
+    SHA-256 of the chunks as streamed); see jurisfed/auth/signatures.py.
+    """
     def __init__(
         self,
         *,
@@ -75,8 +80,9 @@ class UpdateHeader(google.protobuf.message.Message):
         example_count: builtins.int = ...,
         idempotency_key: builtins.str = ...,
         train_loss: builtins.float = ...,
+        content_signature: builtins.bytes = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["example_count", b"example_count", "idempotency_key", b"idempotency_key", "round", b"round", "train_loss", b"train_loss"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["content_signature", b"content_signature", "example_count", b"example_count", "idempotency_key", b"idempotency_key", "round", b"round", "train_loss", b"train_loss"]) -> None: ...
 
 global___UpdateHeader = UpdateHeader
 

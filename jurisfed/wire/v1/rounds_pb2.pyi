@@ -87,6 +87,7 @@ class RoundAnnouncement(google.protobuf.message.Message):
     BASE_MODEL_SHA256_FIELD_NUMBER: builtins.int
     GLOBAL_LOCATION_FIELD_NUMBER: builtins.int
     UPSTREAM_COMPRESSION_FIELD_NUMBER: builtins.int
+    TRACEPARENT_FIELD_NUMBER: builtins.int
     state: global___RoundState.ValueType
     round: builtins.int
     deadline_in_s: builtins.float
@@ -99,6 +100,8 @@ class RoundAnnouncement(google.protobuf.message.Message):
     """
     upstream_compression: builtins.str
     """How a regional must encode the aggregate it forwards: "int8" or "none"."""
+    traceparent: builtins.str
+    """W3C trace context of the round's span, so every tier's work joins one trace."""
     @property
     def model_spec(self) -> jurisfed.wire.v1.tensors_pb2.ModelSpec: ...
     @property
@@ -114,9 +117,10 @@ class RoundAnnouncement(google.protobuf.message.Message):
         base_model_sha256: builtins.str = ...,
         global_location: builtins.str = ...,
         upstream_compression: builtins.str = ...,
+        traceparent: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["model_spec", b"model_spec", "training", b"training"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["base_model_sha256", b"base_model_sha256", "deadline_in_s", b"deadline_in_s", "global_location", b"global_location", "model_spec", b"model_spec", "round", b"round", "state", b"state", "training", b"training", "upstream_compression", b"upstream_compression"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["base_model_sha256", b"base_model_sha256", "deadline_in_s", b"deadline_in_s", "global_location", b"global_location", "model_spec", b"model_spec", "round", b"round", "state", b"state", "traceparent", b"traceparent", "training", b"training", "upstream_compression", b"upstream_compression"]) -> None: ...
 
 global___RoundAnnouncement = RoundAnnouncement
 
