@@ -101,9 +101,7 @@ def operator_args(pki: Path, tmp_path: Path, tier: Tier = Tier.OPERATOR) -> list
 def test_status_lists_each_round_with_its_outcome_and_jurisdictions(
     finished_federation: str, pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        ["round", "status", "--global", finished_federation, *operator_args(pki, tmp_path)]
-    )
+    code = main(["round", "status", "--global", finished_federation, *operator_args(pki, tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     assert "federation: finished, round 1, jurisdictions EU" in out
