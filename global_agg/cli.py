@@ -16,10 +16,12 @@ from jurisfed.modeling.mlp import Mlp
 from jurisfed.policy.guard import PolicyGuard, load_tier_policy
 from jurisfed.policy.model import Policy
 from jurisfed.process import split_address, tier_main, write_ready_file
+from jurisfed.rpc.peer_limits import PeerLimitInterceptor, PeerLimits
 from jurisfed.rpc.revocation_interceptor import revocation_interceptor
 from jurisfed.rpc.server import serve
 from jurisfed.rpc.token_interceptor import token_interceptor
 from jurisfed.store.checkpoints import CheckpointStore
+from jurisfed.telemetry import Telemetry, required_by_policy
 
 log = logging.getLogger("jurisfed.global")
 
@@ -71,6 +73,9 @@ def run(config: GlobalConfig, stop: threading.Event) -> None:
         upstream_compression=config.upstream_compression,
     )
     audit = open_tier_log(config.state_dir, identity, config.audit_key)
+    telemetry = Telemetry.start(
+        config.telemetry, identity, policy_strip=required_by_policy(policy, Tier.GLOBAL)
+    )
     coordinator = GlobalCoordinator(
         identity,
         architecture.spec(),
@@ -80,6 +85,7 @@ def run(config: GlobalConfig, stop: threading.Event) -> None:
         audit=audit,
         guard=PolicyGuard(policy, identity, audit),
         members={j: PolicyGuard(p, identity, audit) for j, p in members.items()},
+        instruments=telemetry.instrumentation,
     )
     log.info(
         "residency policies loaded",
@@ -87,7 +93,9 @@ def run(config: GlobalConfig, stop: threading.Event) -> None:
     )
     host, port = split_address(config.listen)
     interceptors = [
+        telemetry.server_interceptor(),  # first, so refusals are traced too
         revocation_interceptor(config.tls.ca_cert, config.crl),
+        PeerLimitInterceptor(PeerLimits()),
         token_interceptor(identity, config.token_keys, METHOD_ROLES, SERVICE),
     ]
     with serve(
@@ -107,5 +115,6 @@ def run(config: GlobalConfig, stop: threading.Event) -> None:
         coordinator.shutdown()
         server.stop(grace_s=5.0)
         rounds.join(timeout=5.0)
+    telemetry.shutdown()
     audit.close()
     log.info("stopped")

@@ -8,6 +8,7 @@ from pathlib import Path
 from jurisfed.auth.pki import TlsFiles
 from jurisfed.config import setting
 from jurisfed.rounds import UPSTREAM_COMPRESSIONS, TrainingConfig
+from jurisfed.telemetry.settings import TelemetryConfig
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class GlobalConfig:
     audit_key: Path | None = setting(
         "Ed25519 key that signs this tier's audit checkpoints; empty: made in state_dir on first start",
         None,
+    )
+    telemetry: TelemetryConfig = setting(
+        "traces (OTLP) and metrics (Prometheus endpoint); see docs/observability.md", TelemetryConfig()
     )
     ready_file: Path | None = setting("file to write the bound host:port to once serving", None)
     architecture: str = setting("model architecture, e.g. mlp-64-256-128-10", "mlp-64-256-128-10")

@@ -36,6 +36,7 @@ from jurisfed.rounds import (
     TrainingConfig,
 )
 from jurisfed.store.checkpoints import CheckpointStore
+from jurisfed.telemetry import Attribute, Direction, Hop, Instrumentation, RoundOutcome, SpanName, traceparent
 from jurisfed.tensors import ModelSpec, Weights, add
 from jurisfed.wire.metering import Meter
 from jurisfed.wire.v1 import tensors_pb2
@@ -80,11 +81,13 @@ class GlobalCoordinator:
         audit: AuditSink,
         guard: PolicyGuard,
         members: Mapping[str, PolicyGuard],
+        instruments: Instrumentation | None = None,
     ) -> None:
         """`guard` holds the global's own policy; `members` each member jurisdiction's policy,
         which must also allow every aggregate that jurisdiction exports."""
         self.identity = identity
         self._audit = audit
+        self._instruments = instruments or Instrumentation.off()
         self._guard = guard
         self._members = dict(members)
         self._endpoint = Endpoint(Tier.GLOBAL, GLOBAL_JURISDICTION, guard.location)
@@ -250,6 +253,7 @@ class GlobalCoordinator:
             )
         finally:
             current.intake.count_bytes(meter.total_bytes)
+            self._instruments.metrics.bytes_moved(Hop.REGIONAL_GLOBAL, Direction.RECEIVED, meter.total_bytes)
         carried = self._spec.without(header.withheld_tensors)
         with self._changed:
             if not receipt.duplicate:
@@ -325,6 +329,15 @@ class GlobalCoordinator:
                 self._changed.wait(min(remaining, 0.5))
 
     def _run_round(self, number: int, stop: threading.Event) -> None:
+        """One round, traced as one span every participant's work joins (via `traceparent`)."""
+        span = self._instruments.tracer.start_span(SpanName.ROUND, attributes={Attribute.ROUND: number})
+        try:
+            outcome = self._open_and_close(number, stop, traceparent(span))
+            span.set_attribute(Attribute.OUTCOME, outcome.value)
+        finally:
+            span.end()
+
+    def _open_and_close(self, number: int, stop: threading.Event, trace_context: str) -> RoundOutcome:
         opened = OpenRound.start(
             number,
             self._spec,
@@ -336,6 +349,7 @@ class GlobalCoordinator:
             base_sha256=self._model_sha256,
             global_location=self._guard.location or "",
             upstream_compression=self._plan.upstream_compression,
+            traceparent=trace_context,
         )
         intake = opened.intake
         with self._changed:
@@ -354,9 +368,9 @@ class GlobalCoordinator:
                 ):
                     break
                 self._changed.wait(min(remaining, 0.5))
-        self._close(opened)
+        return self._close(opened)
 
-    def _close(self, opened: OpenRound) -> None:
+    def _close(self, opened: OpenRound) -> RoundOutcome:
         mean = opened.intake.close()
         cohort = opened.intake.contributors
         quorum_met = mean is not None and len(cohort) >= self._plan.min_jurisdictions
@@ -371,12 +385,14 @@ class GlobalCoordinator:
                 Detail.THRESHOLD: self._plan.min_jurisdictions,
             },
         )
+        result = RoundOutcome.ABORTED
         if mean is None or not quorum_met:
             outcome = (
                 f"aborted: quorum not met ({len(cohort)} of {self._plan.min_jurisdictions} jurisdictions)"
             )
             model_sha = self._model_sha256
         else:
+            result = RoundOutcome.COMMITTED
             model = add(opened.base, mean)
             info = self._store.save(opened.number, self._spec, model)
             self._record(
@@ -402,10 +418,15 @@ class GlobalCoordinator:
         )
         with self._changed:
             self._history.append(summary)
+            selected = len(self._regionals)
             self._changed.notify_all()
+        self._instruments.metrics.round_closed(
+            outcome=result, duration_s=summary.wall_time_s, selected=selected, participants=len(cohort)
+        )
         log.info(
             "round closed", extra={"round": opened.number, "outcome": outcome, "jurisdictions": list(cohort)}
         )
+        return result
 
     def _record(self, kind: EventKind, jurisdiction: str, **fields: Any) -> None:
         self._audit.record(AuditEvent(kind=kind, actor=self.identity, jurisdiction=jurisdiction, **fields))

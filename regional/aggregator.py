@@ -28,6 +28,7 @@ from jurisfed.policy.guard import PolicyGuard
 from jurisfed.policy.model import Artifact, Endpoint, Flow
 from jurisfed.rounds import RoundAnnouncement, RoundSummary, TrainingConfig, UpdateHeader
 from jurisfed.store.checkpoints import CheckpointStore
+from jurisfed.telemetry import Direction, Hop, Instrumentation, RoundOutcome
 from jurisfed.tensors import ModelSpec, Weights, add
 from jurisfed.wire.metering import Meter
 from jurisfed.wire.v1 import tensors_pb2
@@ -62,9 +63,11 @@ class RegionalAggregator:
         max_concurrent_uploads: int,
         audit: AuditSink,
         guard: PolicyGuard,
+        instruments: Instrumentation | None = None,
     ) -> None:
         self.identity = identity
         self.guard = guard
+        self.instruments = instruments or Instrumentation.off()
         self._audit = audit
         self._personalized = store
         self._min_silos = min_silos
@@ -188,6 +191,7 @@ class RegionalAggregator:
             )
         finally:
             current.intake.count_bytes(meter.total_bytes)
+            self.instruments.metrics.bytes_moved(Hop.SILO_REGIONAL, Direction.RECEIVED, meter.total_bytes)
         with self._changed:
             self._changed.notify_all()
         return receipt
@@ -231,6 +235,7 @@ class RegionalAggregator:
         deadline_in_s: float,
         *,
         local_layers: tuple[str, ...] = (),
+        traceparent: str = "",
     ) -> None:
         """Open the local round on the global `base`, with this jurisdiction's own `local_layers`.
 
@@ -245,6 +250,7 @@ class RegionalAggregator:
             deadline_in_s,
             allowed_encodings=frozenset({tensors_pb2.ENCODING_RAW}),
             max_concurrent=self._max_concurrent,
+            traceparent=traceparent,
         )
         with self._changed:
             self._round = local
@@ -344,7 +350,14 @@ class RegionalAggregator:
         )
         with self._changed:
             self._history.append(summary)
+            registered = len(self._silos)
             self._changed.notify_all()
+        self.instruments.metrics.round_closed(
+            outcome=RoundOutcome.COMMITTED if mean is not None else RoundOutcome.ABORTED,
+            duration_s=summary.wall_time_s,
+            selected=registered,
+            participants=len(cohort),
+        )
         log.info("round closed", extra={"round": current.number, "outcome": reason, "silos": len(cohort)})
         return ClosedRound(current.number, mean, len(cohort), examples, reason)
 

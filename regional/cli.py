@@ -16,10 +16,12 @@ from jurisfed.policy.guard import PolicyGuard, load_tier_policy
 from jurisfed.process import split_address, tier_main, write_ready_file
 from jurisfed.rpc.channel import open_authenticated_channel
 from jurisfed.rpc.jurisdiction_interceptor import JurisdictionInterceptor
+from jurisfed.rpc.peer_limits import PeerLimitInterceptor, PeerLimits
 from jurisfed.rpc.revocation_interceptor import revocation_interceptor
 from jurisfed.rpc.server import serve
 from jurisfed.rpc.token_interceptor import token_interceptor
 from jurisfed.store.checkpoints import CheckpointStore
+from jurisfed.telemetry import Telemetry, required_by_policy
 from regional.aggregator import RegionalAggregator
 from regional.config import RegionalConfig
 from regional.servicer import METHOD_ROLES, SERVICE, regional_service
@@ -46,6 +48,9 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
     identity = own_identity(config.tls.cert, Tier.REGIONAL, config.jurisdiction)
     policy = load_tier_policy(config.policy, config.policy_keys, jurisdiction=config.jurisdiction)
     audit = open_tier_log(config.state_dir, identity, config.audit_key)
+    telemetry = Telemetry.start(
+        config.telemetry, identity, policy_strip=required_by_policy(policy, Tier.REGIONAL)
+    )
     aggregator = RegionalAggregator(
         identity,
         CheckpointStore(config.state_dir / "personalized"),
@@ -53,12 +58,15 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
         max_concurrent_uploads=config.max_concurrent_uploads,
         audit=audit,
         guard=PolicyGuard(policy, identity, audit),
+        instruments=telemetry.instrumentation,
     )
     log.info("residency policy loaded", extra={"policy": policy.label, "sha256": policy.sha256})
     host, port = split_address(config.listen)
     interceptors = [
+        telemetry.server_interceptor(),  # first, so refusals are traced too
         revocation_interceptor(config.tls.ca_cert, config.crl),
         JurisdictionInterceptor(identity.jurisdiction),
+        PeerLimitInterceptor(PeerLimits()),
         token_interceptor(identity, config.token_keys, METHOD_ROLES, SERVICE),
     ]
     tokens = config.token.minter(identity, Role.REGIONAL)
@@ -71,7 +79,7 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
             expect=Tier.GLOBAL,
             max_message_bytes=config.max_message_bytes,
         )
-        return channel
+        return grpc.intercept_channel(channel, telemetry.client_interceptor())
 
     with serve(
         [regional_service(aggregator)],
@@ -99,5 +107,6 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
         server.stop(grace_s=5.0)
         upstream.close()  # cancels the upstream's long poll
         follower.join(timeout=5.0)
+    telemetry.shutdown()
     audit.close()
     log.info("stopped")

@@ -8,6 +8,7 @@ from pathlib import Path
 from jurisfed.auth.pki import TlsFiles
 from jurisfed.auth.tokens import TokenKeyFile
 from jurisfed.config import setting
+from jurisfed.telemetry.settings import TelemetryConfig
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class RegionalConfig:
     audit_key: Path | None = setting(
         "Ed25519 key that signs this tier's audit checkpoints; empty: made in state_dir on first start",
         None,
+    )
+    telemetry: TelemetryConfig = setting(
+        "traces (OTLP) and metrics (Prometheus endpoint); see docs/observability.md", TelemetryConfig()
     )
     ready_file: Path | None = setting("file to write the bound host:port to once serving", None)
     min_silos: int = setting(

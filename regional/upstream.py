@@ -21,6 +21,7 @@ from jurisfed.policy.model import Decision
 from jurisfed.rounds import AggregateHeader, RoundAnnouncement, RoundState
 from jurisfed.rpc.channel import DEFAULT_DEADLINE_S
 from jurisfed.rpc.retry import with_retry
+from jurisfed.telemetry import Attribute, SpanName, trace_context, traceparent
 from jurisfed.tensors import ModelSpec, Weights
 from jurisfed.wire import serde
 from jurisfed.wire.chunks import encode_tensors
@@ -53,6 +54,7 @@ class Upstream:
         self._channel: grpc.Channel | None = None
         self._stub: global_pb2_grpc.GlobalAggregatorStub
         self._signer = signer
+        self._tracer = aggregator.instruments.tracer
         self._margin_s = forward_margin_s
         self._stop = stop
         self._rng = np.random.default_rng(
@@ -77,7 +79,16 @@ class Upstream:
             if announcement.state is RoundState.WAITING:
                 continue
             last_round = announcement.round
-            self._run_round(announcement)
+            span = self._tracer.start_as_current_span(
+                SpanName.REGIONAL_ROUND,
+                context=trace_context(announcement.traceparent),
+                attributes={
+                    Attribute.ROUND: announcement.round,
+                    Attribute.JURISDICTION: self._aggregator.jurisdiction,
+                },
+            )
+            with span:
+                self._run_round(announcement)
         self._aggregator.finish()
         log.info("upstream finished", extra={"last_round": last_round})
 
@@ -119,6 +130,7 @@ class Upstream:
             base,
             local_deadline_s,
             local_layers=contract.withheld,
+            traceparent=traceparent(),
         )
         closed = self._aggregator.wait_for_close(self._stop)
         if closed.mean_delta is None:
@@ -129,7 +141,10 @@ class Upstream:
             self._decline(closed.number, export.decision)
             return
         key = f"{self._aggregator.jurisdiction}-{closed.number}-{secrets.token_hex(8)}"
-        self._call("submit the aggregate", lambda: self._submit(closed, spec, export, key, self._margin_s))
+        with self._tracer.start_as_current_span(SpanName.REGIONAL_AGGREGATE):
+            self._call(
+                "submit the aggregate", lambda: self._submit(closed, spec, export, key, self._margin_s)
+            )
 
     def _plan(self, announcement: RoundAnnouncement, *, cohort_silos: int) -> Export:
         assert announcement.model_spec is not None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
+import grpc
+
 from jurisfed.audit.tier import open_tier_log
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import own_identity
@@ -16,6 +18,7 @@ from jurisfed.policy.guard import PolicyGuard, load_tier_policy
 from jurisfed.policy.model import Artifact, Endpoint, Flow
 from jurisfed.process import tier_main
 from jurisfed.rpc.channel import open_channel, wait_until_serving
+from jurisfed.telemetry import Telemetry, required_by_policy
 from silo.config import SiloConfig
 
 log = logging.getLogger("jurisfed.silo")
@@ -45,6 +48,8 @@ def run(config: SiloConfig, stop: threading.Event) -> None:
     dataset = load_dataset(config.data)
     log.info("data loaded", extra={"examples": len(dataset.labels), "identity": str(identity)})
     audit = open_tier_log(config.state_dir, identity, config.audit_key)
+    strip = required_by_policy(policy, Tier.SILO)
+    telemetry = Telemetry.start(config.telemetry, identity, policy_strip=strip)
     try:
         # Whom the address reaches, from its certificate, and whether policy allows it: before
         # any call, so a silo pointed at the wrong regional sends it nothing at all.
@@ -58,8 +63,13 @@ def run(config: SiloConfig, stop: threading.Event) -> None:
         ) as channel:
             wait_until_serving(channel, timeout_s=config.connect_timeout_s)
             signer = ContentSigner.from_tls_files(config.tls)
-            SiloClient(channel, dataset, seed=config.seed, stop=stop, signer=signer).run()
+            traced = grpc.intercept_channel(channel, telemetry.client_interceptor())
+            client = SiloClient(
+                traced, dataset, seed=config.seed, stop=stop, signer=signer, tracer=telemetry.tracer
+            )
+            client.run()
     finally:
+        telemetry.shutdown()
         audit.close()
     log.info("stopped")
 

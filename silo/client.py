@@ -17,6 +17,7 @@ from functools import partial
 from typing import TypeVar
 
 import grpc
+from opentelemetry import trace
 
 from jurisfed import __version__
 from jurisfed.auth.signatures import ContentSigner, digest_chunks
@@ -24,6 +25,7 @@ from jurisfed.modeling.mlp import Mlp
 from jurisfed.rounds import RoundAnnouncement, RoundState, UpdateHeader
 from jurisfed.rpc.channel import DEFAULT_DEADLINE_S
 from jurisfed.rpc.retry import with_retry
+from jurisfed.telemetry import Attribute, SpanName, trace_context
 from jurisfed.tensors import ModelSpec, Weights
 from jurisfed.wire import serde
 from jurisfed.wire.chunks import encode_tensors
@@ -54,9 +56,11 @@ class SiloClient:
         seed: int,
         stop: threading.Event,
         signer: ContentSigner,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._stub = regional_pb2_grpc.RegionalAggregatorStub(channel)
         self._signer = signer
+        self._tracer = tracer or trace.NoOpTracer()
         self._dataset = dataset
         self._seed = seed
         self._stop = stop
@@ -73,7 +77,13 @@ class SiloClient:
             if announcement.state is RoundState.WAITING:
                 continue
             last_round = announcement.round
-            report = self._take_part(announcement)
+            # This silo's work joins the round's trace, under the regional's span.
+            with self._tracer.start_as_current_span(
+                SpanName.SILO_TRAIN,
+                context=trace_context(announcement.traceparent),
+                attributes={Attribute.ROUND: announcement.round},
+            ):
+                report = self._take_part(announcement)
             if report is not None:
                 reports.append(report)
         log.info("federation finished", extra={"rounds_taken": len(reports)})
@@ -125,9 +135,10 @@ class SiloClient:
             train_loss=result.train_loss,
             content_signature=self._signer.sign(announcement.round, digest_chunks(chunks)),
         )
-        accepted = self._call(
-            "submit the update", lambda: self._submit(header, chunks, deadline - time.monotonic())
-        )
+        with self._tracer.start_as_current_span(SpanName.SILO_UPLOAD):
+            accepted = self._call(
+                "submit the update", lambda: self._submit(header, chunks, deadline - time.monotonic())
+            )
         return RoundReport(announcement.round, bool(accepted), result.train_loss)
 
     def _fetch_model(self, round_number: int, spec: ModelSpec, announcement: RoundAnnouncement) -> Weights:

@@ -8,6 +8,7 @@ from pathlib import Path
 from jurisfed.auth.pki import TlsFiles
 from jurisfed.auth.tokens import TokenKeyFile
 from jurisfed.config import setting
+from jurisfed.telemetry.settings import TelemetryConfig
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class SiloConfig:
     audit_key: Path | None = setting(
         "Ed25519 key that signs this silo's audit checkpoints; empty: made in state_dir on first start",
         None,
+    )
+    telemetry: TelemetryConfig = setting(
+        "traces (OTLP) and metrics (Prometheus endpoint); see docs/observability.md", TelemetryConfig()
     )
     seed: int = setting("seed of local training (shuffling, dropout)", 0)
     connect_timeout_s: float = setting("how long to wait for the regional to be reachable at start", 120.0)

@@ -31,6 +31,7 @@ class OpenRound:
     # What the global announces for the regionals' border check; empty at a regional.
     global_location: str = ""
     upstream_compression: str = "int8"
+    traceparent: str = ""  # the round's trace context, handed to every participant
 
     @classmethod
     def start(
@@ -46,6 +47,7 @@ class OpenRound:
         base_sha256: str | None = None,
         global_location: str = "",
         upstream_compression: str = "int8",
+        traceparent: str = "",
     ) -> OpenRound:
         intake = RoundIntake(number, spec, allowed_encodings=allowed_encodings, max_concurrent=max_concurrent)
         now = time.monotonic()
@@ -61,6 +63,7 @@ class OpenRound:
             now,
             global_location=global_location,
             upstream_compression=upstream_compression,
+            traceparent=traceparent,
         )
 
     def is_news_to(self, after_round: int) -> bool:
@@ -76,6 +79,7 @@ class OpenRound:
             base_model_sha256=self.base_sha256,
             global_location=self.global_location,
             upstream_compression=self.upstream_compression,
+            traceparent=self.traceparent,
         )
 
 

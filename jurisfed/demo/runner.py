@@ -155,6 +155,11 @@ def _token(key: TokenKeyFile) -> dict[str, str]:
     return {"key": str(key.key), "kid": key.kid}
 
 
+def _telemetry(fleet: Fleet, name: str) -> dict[str, str]:
+    """Each process writes its (residency-filtered) spans to OUT/spans/NAME.jsonl."""
+    return {"spans_file": str(fleet.directory / "spans" / f"{name}.jsonl")}
+
+
 def _regional_identity(jurisdiction: str) -> Identity:
     return Identity(jurisdiction, Tier.REGIONAL, f"regional-{jurisdiction.lower()}")
 
@@ -181,6 +186,7 @@ def _start_federation(
             "policy_keys": keys,
             "token_keys": str(pki.key_set(GLOBAL, global_callers)),
             "crl": str(pki.crl),
+            "telemetry": _telemetry(fleet, "global"),
             "listen": "127.0.0.1:0",
             "rounds": settings.rounds,
             "round_deadline_s": settings.round_deadline_s,
@@ -216,6 +222,7 @@ def _start_federation(
                     "token": _token(pki.token(identity)),
                     "token_keys": str(pki.key_set(identity, callers)),
                     "crl": str(pki.crl),
+                    "telemetry": _telemetry(fleet, f"regional-{jurisdiction.name}"),
                     "listen": "127.0.0.1:0",
                     "min_silos": len(jurisdiction.silos),
                     # Reproducible runs: the same --seed gives the same table.
@@ -243,6 +250,7 @@ def _start_federation(
                         "policy_keys": keys,
                         "token": _token(pki.token(identity)),
                         "state_dir": str(fleet.directory / silo.name),
+                        "telemetry": _telemetry(fleet, silo.name),
                         "seed": settings.seed,
                     },
                     ready=False,

@@ -12,7 +12,7 @@ Names, units and configuration: docs/observability.md.
 """
 
 from jurisfed.telemetry.instruments import Direction, DropoutReason, Hop, RoundOutcome, TierMetrics
-from jurisfed.telemetry.node import Telemetry
+from jurisfed.telemetry.node import Instrumentation, Telemetry
 from jurisfed.telemetry.residency import required_by_policy
 from jurisfed.telemetry.settings import TelemetryConfig
 from jurisfed.telemetry.tracing import Attribute, SpanName, TraceIdsFilter, trace_context, traceparent
@@ -22,6 +22,7 @@ __all__ = [
     "Direction",
     "DropoutReason",
     "Hop",
+    "Instrumentation",
     "RoundOutcome",
     "SpanName",
     "Telemetry",

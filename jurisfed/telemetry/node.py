@@ -19,6 +19,7 @@ import json
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -27,6 +28,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.metrics import NoOpMeter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -51,6 +53,21 @@ _LOG = logging.getLogger("jurisfed.telemetry")
 
 _EVERY_FIELD = frozenset(MetadataField)
 DEFAULT_SHUTDOWN_S = 5.0
+
+
+@dataclass(frozen=True)
+class Instrumentation:
+    """What tier code records through: the process's tracer and the tier's metrics.
+
+    `Instrumentation.off()` records nothing, for code run without a telemetry pipeline.
+    """
+
+    tracer: trace.Tracer
+    metrics: TierMetrics
+
+    @classmethod
+    def off(cls) -> Instrumentation:
+        return cls(trace.NoOpTracer(), TierMetrics(NoOpMeter(METER_NAME)))
 
 
 class Telemetry:
@@ -133,6 +150,10 @@ class Telemetry:
             strip=strip,
             spans_file=spans_file,
         )
+
+    @property
+    def instrumentation(self) -> Instrumentation:
+        return Instrumentation(self.tracer, self.metrics)
 
     def server_interceptor(self) -> TracingServerInterceptor:
         """For ``serve(..., interceptors=[...])``: a SERVER span per call, continuing the caller's trace."""

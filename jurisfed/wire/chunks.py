@@ -11,7 +11,7 @@ values top-k keeps) come from the round's contract, and a chunk that disagrees i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Literal, Protocol, TypeVar
 
 import numpy as np
@@ -26,6 +26,9 @@ from jurisfed.wire.v1 import tensors_pb2
 MAX_CHUNK_BYTES = 1 << 20
 
 _DTYPE_NAMES: dict[int, str] = {value: name for name, value in tensors_pb2.DType.items()}
+# Dimensions of a peer's shape an error message names: it goes back in the status details,
+# which must fit an HTTP/2 trailer, and stays in the round's rejections.
+_MAX_DIMS_SHOWN = 8
 # The encodings encode_tensors produces by itself: they need no settings from a contract.
 _SIMPLE_CODECS = {
     tensors_pb2.ENCODING_RAW: Codec(CodecKind.RAW),
@@ -220,9 +223,9 @@ class TensorAssembler:
             raise InvalidInput(
                 f"{where}: dtype {_DTYPE_NAMES.get(chunk.dtype, chunk.dtype)}, expected DTYPE_FLOAT32"
             )
-        shape = tuple(chunk.shape)
-        if shape != tensor.shape:
-            raise InvalidInput(f"{where}: shape {list(shape)}, expected {list(tensor.shape)}")
+        # The length first: a peer's shape may hold a million dimensions, never copied whole.
+        if len(chunk.shape) != len(tensor.shape) or tuple(chunk.shape) != tensor.shape:
+            raise InvalidInput(f"{where}: shape {_shape_text(chunk.shape)}, expected {list(tensor.shape)}")
         encoding = self._check_encoding(where, tensor, chunk.encoding)
 
         payload = Payload(chunk)
@@ -326,6 +329,14 @@ class TensorAssembler:
                 f"{tensor.scale} of the tensor's earlier chunks"
             )
         return scale
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    """A shape as a list, its first dimensions only when it has more than _MAX_DIMS_SHOWN."""
+    if len(shape) <= _MAX_DIMS_SHOWN:
+        return str(list(shape))
+    shown = ", ".join(str(dim) for dim in shape[:_MAX_DIMS_SHOWN])
+    return f"[{shown}, ...] ({len(shape)} dimensions)"
 
 
 _HeaderT_co = TypeVar("_HeaderT_co", covariant=True)

@@ -84,6 +84,40 @@ def test_two_jurisdictions_two_silos_two_rounds_train_the_model(
             check=False,
         )
         assert verified.returncode == 0, verified.stdout + verified.stderr
+    # Round 1 is one trace across the processes of every tier: the global's round span, each
+    # regional's round under it, and each silo's training and upload under its regional.
+    spans = {
+        path.stem: [json.loads(line) for line in path.read_text().splitlines()]
+        for path in (settings.out_dir / "spans").glob("*.jsonl")
+    }
+    [round_one] = [
+        s
+        for s in spans["global"]
+        if s["name"] == "jurisfed.round" and s["attributes"]["jurisfed.round.number"] == 1
+    ]
+    trace_id = round_one["context"]["trace_id"]
+    in_trace = {
+        (process, s["name"])
+        for process, lines in spans.items()
+        for s in lines
+        if s["context"]["trace_id"] == trace_id
+    }
+    for process, name in [
+        ("global", "jurisfed.round"),
+        ("global", "jurisfed.v1.GlobalAggregator/SubmitAggregate"),
+        ("regional-EU", "jurisfed.regional.round"),
+        ("regional-US", "jurisfed.regional.aggregate"),
+        ("regional-EU", "jurisfed.v1.RegionalAggregator/SubmitUpdate"),
+        ("eu-silo-1", "jurisfed.silo.train"),
+        ("us-silo-2", "jurisfed.silo.upload"),
+    ]:
+        assert (process, name) in in_trace, (process, name)
+    # What the aggregators export names no silo and no node (the policies strip them).
+    for process in ("global", "regional-EU", "regional-US"):
+        exported = (settings.out_dir / "spans" / f"{process}.jsonl").read_text()
+        for identifying in ("silo-", "jurisfed://", "127.0.0.1"):
+            assert identifying not in exported, (process, identifying)
+
     log_lines = (settings.out_dir / "global" / "audit.log.jsonl").read_bytes().splitlines()
     kinds = [AuditRecord.from_line(line).event.kind for line in log_lines]
     assert kinds.count(EventKind.COMMIT) == 2
