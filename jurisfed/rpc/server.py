@@ -165,6 +165,11 @@ def _start(
             ("grpc.max_receive_message_length", max_message_bytes),
             # Without this, gRPC on Linux lets a second server bind a port already in use.
             ("grpc.so_reuseport", 0),
+            # Identity only (bit 0): gRPC 1.62 inflates a compressed message whole before it
+            # checks the size limit, so a 1 MiB gzip bomb would cost ~1 GiB. jurisfed never
+            # compresses messages (tensors are quantized instead); compressed calls are refused
+            # with UNIMPLEMENTED before anything is inflated (tests/regional/test_hostile_streams.py).
+            ("grpc.compression_enabled_algorithms_bitset", 1),
             *_SERVER_KEEPALIVE_OPTIONS,
             *_SERVER_FLOW_CONTROL_OPTIONS,
         ),
