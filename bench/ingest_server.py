@@ -28,9 +28,9 @@ from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import TlsFiles
 from jurisfed.rounds import TrainingConfig
 from jurisfed.rpc.server import Service, serve
-from jurisfed.store.checkpoints import CheckpointStore
 from jurisfed.tensors import ModelSpec, TensorSpec
 from regional.aggregator import RegionalAggregator
+from regional.local_round import RoundTerms
 from regional.servicer import regional_service
 
 JURISDICTION = "EU"
@@ -80,7 +80,7 @@ def main() -> None:
     identity = Identity(JURISDICTION, Tier.REGIONAL, "regional-bench")
     aggregator = RegionalAggregator(
         identity,
-        CheckpointStore(args.state_dir),
+        args.state_dir,
         min_silos=1,
         max_concurrent_uploads=args.max_concurrent_uploads,
         audit=open_tier_log(args.state_dir, identity, None),  # the real, fsync'd log
@@ -89,12 +89,14 @@ def main() -> None:
     with serve(
         [regional_service(aggregator), byte_sink_service()], TlsFiles.in_directory(args.tls_dir)
     ) as server:
-        aggregator.open_round(ROUND, spec, TrainingConfig(), base, ROUND_DEADLINE_S)
+        terms = RoundTerms(contract_sha256="be" * 32)
+        aggregator.open_round(ROUND, spec, TrainingConfig(), base, ROUND_DEADLINE_S, terms=terms)
         server.set_serving(True)
         # The parent closing our stdin (or dying) ends this process.
         threading.Thread(target=_exit_on_eof, daemon=True).start()
         print(f"ready {server.address}", flush=True)
         closed = aggregator.wait_for_close(threading.Event())
+        assert closed is not None  # never stopped
         first = float(closed.mean_delta["dense/kernel"].flat[0]) if closed.mean_delta is not None else None
         print(
             f"closed silos={closed.cohort_size} examples={closed.example_total} mean[0]={first} "

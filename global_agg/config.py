@@ -13,8 +13,10 @@ from jurisfed.telemetry.settings import TelemetryConfig
 
 @dataclass(frozen=True)
 class GlobalConfig:
-    state_dir: Path = setting("directory for versioned checkpoints and state")
-    training: TrainingConfig = setting("local training settings handed to every silo")
+    state_dir: Path = setting(
+        "directory for the round state (state.sqlite), checkpoints, contracts and aggregates (blobs/), "
+        "the audit log and the keys made on first start"
+    )
     tls: TlsFiles = setting("mutual TLS files: ca_cert, cert (URI SAN names jurisdiction/tier/node), key")
     policy: Path = setting(
         "the global aggregator's signed residency policy (YAML); its hosting_location is where this "
@@ -44,24 +46,60 @@ class GlobalConfig:
     telemetry: TelemetryConfig = setting(
         "traces (OTLP) and metrics (Prometheus endpoint); see docs/observability.md", TelemetryConfig()
     )
+    witness_peers: tuple[str, ...] = setting(
+        "aggregators whose audit logs this node witnesses, and which witness its own: "
+        "IDENTITY=PUBLIC_KEY_FILE entries (the peer's audit key .pub), e.g. "
+        "jurisfed://GLOBAL/global/main=/etc/jurisfed/witness/global.pub; empty: no witnessing",
+        (),
+    )
     ready_file: Path | None = setting("file to write the bound host:port to once serving", None)
     architecture: str = setting("model architecture, e.g. mlp-64-256-128-10", "mlp-64-256-128-10")
     seed: int = setting("seed of the initial model weights", 0)
-    rounds: int = setting("rounds to run before the federation finishes", 10)
-    round_deadline_s: float = setting("seconds a round stays open for aggregates", 120.0)
+    plan: Path | None = setting(
+        "round plan file (deploy/plans/demo.yaml is one) run on the first start of a fresh state_dir; "
+        "empty: the plan that rounds, round_deadline_s, min_jurisdictions, training and "
+        "upstream_compression describe. Later plans: `jurisfed round start --plan`",
+        None,
+    )
+    probe_set: Path | None = setting(
+        "examples the global may hold to evaluate candidate models on before a commit: an .npz with "
+        "arrays features and labels; empty: only the gates on the weights themselves (finite values, "
+        "update norm) can be used",
+        None,
+    )
+    contract_key: Path | None = setting(
+        "Ed25519 key that signs round contracts; empty: made in state_dir on first start "
+        "(contract.key; give contract.key.pub to the regionals as their contract_key)",
+        None,
+    )
+    rounds: int = setting(
+        "without a plan file: rounds to run before the federation finishes (0: none until "
+        "`jurisfed round start`)",
+        10,
+    )
+    round_deadline_s: float = setting(
+        "without a plan file: seconds a round stays open for aggregates (regionals and silos get 95% of it)",
+        120.0,
+    )
     expected_jurisdictions: int = setting("jurisdictions to wait for before the first round", 1)
     start_timeout_s: float = setting(
         "longest wait for the expected jurisdictions before starting anyway", 300.0
     )
-    min_jurisdictions: int = setting("quorum: fewest jurisdiction aggregates a round needs to commit", 1)
+    min_jurisdictions: int = setting(
+        "without a plan file: quorum, the fewest jurisdiction aggregates a round needs to commit", 1
+    )
     upstream_compression: str = setting(
-        "how regionals encode the aggregates they forward: int8 (4x fewer bytes) or none", "int8"
+        "without a plan file: how regionals encode their aggregates: int8 (4x fewer bytes) or none",
+        "int8",
+    )
+    training: TrainingConfig = setting(
+        "without a plan file: local training settings handed to every silo", TrainingConfig()
     )
     max_message_bytes: int = setting("largest single gRPC message accepted", 2 * 1024 * 1024)
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ValueError("rounds must be at least 1")
+        if self.rounds < 0:
+            raise ValueError("rounds must not be negative")
         if self.round_deadline_s <= 0:
             raise ValueError("round_deadline_s must be positive")
         if self.upstream_compression not in UPSTREAM_COMPRESSIONS:

@@ -1,10 +1,18 @@
 """The global aggregator's state and round loop.
 
-Rounds are numbered from 1. Round r starts from the newest committed checkpoint, is announced
-to every regional, accepts one aggregate per jurisdiction until all registered jurisdictions
-have sent theirs or the deadline passes, and then commits checkpoint r (quorum of
-jurisdictions met: the example-weighted mean of their deltas is added to the model) or aborts
-with a reason and leaves the model unchanged.
+Rounds are numbered from 1 and run under a round plan (plans.py): round r starts from the head
+checkpoint, is announced to the regionals of the plan's cohort with its signed contract,
+accepts one aggregate per jurisdiction until every registered member has sent or declined or
+the deadline passes, and is then closed (closing.py): committed as checkpoint r, failed at its
+gates, or aborted with a reason, the model unchanged.
+
+Everything that must outlive the process is in `state_dir`: a TierState (state.sqlite: rounds,
+contributions, registered regionals, plans, checks, checkpoints) and a BlobStore (blobs/: every
+checkpoint, every contract and every aggregate received). An aggregate is stored and recorded
+before it is folded into the round, so a global killed at any point and restarted resumes the
+round it was in: it folds the recorded aggregates again, announces the round again until its
+recorded deadline (closing it at once if the deadline has passed), and answers a regional's
+retry of an aggregate already recorded as a duplicate. Nothing is lost, nothing counted twice.
 """
 
 from __future__ import annotations
@@ -14,49 +22,62 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from global_agg.acceptance import Acceptance
+from global_agg.aggregates import AggregateDesk
+from global_agg.closing import RoundCloser
+from global_agg.plans import ContractIssuer, check_runnable, upstream_compression
 from jurisfed.aggregation.intake import Receipt
 from jurisfed.aggregation.open_round import Board, OpenRound, wait_for_announcement
-from jurisfed.audit.events import AuditEvent, Decision, Detail, EventKind, refusal_reason
+from jurisfed.audit.events import AuditEvent, Decision, Detail, EventKind
 from jurisfed.audit.sink import AuditSink
 from jurisfed.auth.identity import GLOBAL_JURISDICTION, Identity, Tier
 from jurisfed.auth.roles import require_tier
-from jurisfed.auth.signatures import StreamSignature
-from jurisfed.errors import JurisfedError, NotAllowed, WrongState
+from jurisfed.errors import ConfigError, InvalidInput, JurisfedError, NotAllowed, WrongState
 from jurisfed.policy.guard import PolicyGuard
 from jurisfed.policy.model import Artifact, Endpoint, Flow
+from jurisfed.round_contract import BaseCheckpoint, RoundContract, SignedContract
+from jurisfed.round_plan import RoundPlan
 from jurisfed.rounds import (
     AggregateHeader,
     Contribution,
+    LeftOutEntry,
+    PlanProgress,
     Refusal,
     RoundAnnouncement,
+    RoundHistory,
     RoundState,
     RoundSummary,
-    TrainingConfig,
 )
-from jurisfed.store.checkpoints import CheckpointStore
-from jurisfed.telemetry import Attribute, Direction, Hop, Instrumentation, RoundOutcome, SpanName, traceparent
-from jurisfed.tensors import ModelSpec, Weights, add
+from jurisfed.store.blobs import BlobStore
+from jurisfed.store.history import plan_progress, read_history, summary
+from jurisfed.store.plans import PlanRecord, PlanStatus
+from jurisfed.store.tier_state import CheckpointRecord, RoundStatus, TierState
+from jurisfed.telemetry import Attribute, Instrumentation, SpanName, traceparent
+from jurisfed.tensors import ModelSpec, Weights
+from jurisfed.wire import serde
 from jurisfed.wire.metering import Meter
 from jurisfed.wire.v1 import tensors_pb2
 
 log = logging.getLogger("jurisfed.global")
 
+STATE_FILE = "state.sqlite"
+BLOB_DIR = "blobs"
 # Aggregates staged at once; there is one per jurisdiction per round.
 MAX_CONCURRENT_AGGREGATES = 8
+ABORT_WAIT_S = 30.0
 _ENCODINGS = {"int8": tensors_pb2.ENCODING_INT8, "none": tensors_pb2.ENCODING_RAW}
 
 
 @dataclass(frozen=True)
-class RoundPlan:
-    rounds: int
-    round_deadline_s: float
+class Schedule:
+    """When the first round may open: once this many jurisdictions registered, or after the timeout."""
+
     expected_jurisdictions: int
     start_timeout_s: float
-    min_jurisdictions: int
-    training: TrainingConfig
-    upstream_compression: str = "int8"
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,16 @@ class GlobalSnapshot:
     rounds: tuple[RoundSummary, ...]
     contributions: tuple[Contribution, ...]
     refusals: tuple[Refusal, ...]
+    left_out: tuple[LeftOutEntry, ...] = ()
+    plan: PlanProgress | None = None
+
+
+@dataclass
+class _Live:
+    """The open round and the contract it runs under."""
+
+    opened: OpenRound
+    contract: RoundContract
 
 
 class GlobalCoordinator:
@@ -75,16 +106,20 @@ class GlobalCoordinator:
         identity: Identity,
         spec: ModelSpec,
         initial: Weights,
-        store: CheckpointStore,
-        plan: RoundPlan,
+        state_dir: Path,
+        schedule: Schedule,
         *,
+        issuer: ContractIssuer,
+        acceptance: Acceptance,
         audit: AuditSink,
         guard: PolicyGuard,
         members: Mapping[str, PolicyGuard],
+        initial_plan: RoundPlan | None = None,
         instruments: Instrumentation | None = None,
     ) -> None:
         """`guard` holds the global's own policy; `members` each member jurisdiction's policy,
-        which must also allow every aggregate that jurisdiction exports."""
+        which must also allow every aggregate that jurisdiction exports. `initial_plan` runs on
+        the first start of a fresh `state_dir` (a restarted global goes on with its running plan)."""
         self.identity = identity
         self._audit = audit
         self._instruments = instruments or Instrumentation.off()
@@ -92,28 +127,50 @@ class GlobalCoordinator:
         self._members = dict(members)
         self._endpoint = Endpoint(Tier.GLOBAL, GLOBAL_JURISDICTION, guard.location)
         self._spec = spec
-        self._store = store
-        self._plan = plan
-        if not store.versions():
-            store.save(0, spec, initial)
-        version = store.versions()[-1]
-        self._model = store.load(version, spec)
-        self._model_sha256 = store.info(version).sha256
-        # Round r commits checkpoint r, so a restarted global goes on after its newest one.
-        self._first_round = version + 1
+        self._schedule = schedule
+        self._issuer = issuer
+        self._acceptance = acceptance
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._state = TierState(state_dir / STATE_FILE)
+        self._blobs = BlobStore(state_dir / BLOB_DIR)
+        initial_blob = self._blobs.put_weights(spec, initial)
+        try:
+            self._state.record_initial_checkpoint(initial_blob, spec.architecture)
+        except WrongState as error:
+            raise ConfigError(
+                f"{state_dir} belongs to another model ({error}); the architecture and seed must not change"
+            ) from None
+        head = self._require_head()
+        self._model = self._blobs.get_weights(head.blob_sha256, spec)
+        self._closer = RoundCloser(
+            identity, spec, self._state, self._blobs, acceptance, audit, self._instruments
+        )
+        self._desk = AggregateDesk(
+            identity, spec, self._state, self._blobs, guard, self._members, audit, self._instruments
+        )
         self._regionals: dict[str, Identity] = {}
-        self._round: OpenRound | None = None
-        self._state = RoundState.WAITING
+        for silo in self._state.registry.silos():  # regionals are registered under their identity URI
+            known = Identity.parse(silo.silo_id)
+            if known.tier is Tier.REGIONAL:
+                self._regionals[known.jurisdiction] = known
+        self._plan = self._state.plans.running()
+        if self._plan is None and initial_plan is not None and not self._state.plans.plans():
+            try:
+                self._check_plan(initial_plan)
+            except InvalidInput as error:
+                raise ConfigError(str(error)) from None
+            self._plan = self._start_plan(initial_plan)
+        self._live: _Live | None = None
+        self._finished = self._plan is None and self._last_plan_finished()
         self._stopping = False
-        self._history: list[RoundSummary] = []
-        self._contributions: list[Contribution] = []
+        self._abort: str | None = None
         self._refusals: list[Refusal] = []
         self._declined: set[str] = set()  # jurisdictions that declined the open round
         self._changed = threading.Condition()
 
     # --- regional side -----------------------------------------------------------------------
 
-    def register_regional(self, peer: Identity) -> str:
+    def register_regional(self, peer: Identity, code_version: str = "") -> str:
         require_tier(peer, Tier.REGIONAL, "register as a regional aggregator")
         if peer.jurisdiction not in self._members:
             raise NotAllowed(
@@ -124,24 +181,36 @@ class GlobalCoordinator:
             known = self._regionals.get(peer.jurisdiction)
             if known is not None and known.node != peer.node:
                 log.warning("regional replaced", extra={"jurisdiction": peer.jurisdiction, "old": known.node})
+                self._state.registry.forget_silo(str(known))
+            self._state.registry.register_silo(str(peer), 0, "", code_version[:64])
             self._regionals[peer.jurisdiction] = peer
             self._changed.notify_all()
         log.info("regional registered", extra={"jurisdiction": peer.jurisdiction, "node": peer.node})
         return peer.jurisdiction
 
+    @property
+    def contract_key_pem(self) -> bytes:
+        return self._issuer.public_pem
+
     def wait_for_round(self, peer: Identity, after_round: int, max_wait_s: float) -> RoundAnnouncement:
         self._check_registered(peer)
-        return wait_for_announcement(self._changed, self._board, after_round, max_wait_s)
+        return wait_for_announcement(
+            self._changed, lambda: self._board(peer.jurisdiction), after_round, max_wait_s
+        )
 
-    def _board(self) -> Board:
-        return Board(self._round, self._state is RoundState.FINISHED, self._stopping)
+    def _board(self, jurisdiction: str) -> Board:
+        live = self._live
+        invited = live is not None and jurisdiction in live.contract.cohort.jurisdictions
+        return Board(live.opened if live is not None and invited else None, self._finished, self._stopping)
 
     def base_model(self, peer: Identity, round_number: int) -> tuple[ModelSpec, Weights]:
         self._check_registered(peer)
-        current = self._open_round(round_number)
-        flow = Flow(Artifact.MODEL_CHECKPOINT, self._endpoint, self._regional_endpoint(peer))
-        self._require_both(peer, flow, round_number)
-        return self._spec, current.base
+        live = self._open_round(round_number)
+        if peer.jurisdiction not in live.contract.cohort.jurisdictions:
+            raise NotAllowed(f"{peer.jurisdiction} is not in the cohort of round {round_number}")
+        flow = Flow(Artifact.MODEL_CHECKPOINT, self._endpoint, self._desk.regional_endpoint(peer))
+        self._desk.require_both(peer, flow, round_number)
+        return self._spec, live.opened.base
 
     def decline_round(
         self, peer: Identity, round_number: int, rule_id: str, reason: str, policy_sha256: str
@@ -163,6 +232,12 @@ class GlobalCoordinator:
                 details={Detail.REASON: refusal.reason or "no reason given"},
             )
         )
+        self._state.record_refusal(
+            round_number,
+            peer.jurisdiction,
+            "declined",
+            f"rule {refusal.rule_id or 'unnamed'}: {refusal.reason}",
+        )
         with self._changed:
             self._declined.add(peer.jurisdiction)
             self._refusals.append(refusal)
@@ -172,14 +247,6 @@ class GlobalCoordinator:
             extra={"round": round_number, "jurisdiction": peer.jurisdiction, "rule": rule_id},
         )
 
-    def _regional_endpoint(self, peer: Identity) -> Endpoint:
-        return Endpoint(Tier.REGIONAL, peer.jurisdiction, self._members[peer.jurisdiction].location)
-
-    def _require_both(self, peer: Identity, flow: Flow, round_number: int) -> None:
-        """The exporting jurisdiction's policy and the global's own must both allow `flow`."""
-        self._members[peer.jurisdiction].require(flow, round_number=round_number, subject=peer)
-        self._guard.require(flow, round_number=round_number, subject=peer)
-
     def submit_aggregate(
         self,
         peer: Identity,
@@ -188,112 +255,44 @@ class GlobalCoordinator:
         meter: Meter,
         certificate_pem: bytes,
     ) -> Receipt:
-        """Take a jurisdiction's aggregate; its signature is verified as it streams and recorded."""
-        signature = StreamSignature(header.round, peer, certificate_pem, header.content_signature)
+        """Take a jurisdiction's aggregate to the open round (aggregates.py); refusals are recorded."""
         try:
-            receipt = self._take_aggregate(peer, header, signature.wrap(chunks), meter)
+            self._check_registered(peer)
+            live = self._open_round(header.round)
         except JurisfedError as error:
-            self._record(
-                EventKind.AGGREGATE_RECEIVED,
-                peer.jurisdiction,
-                round_number=header.round,
-                subject=peer,
-                decision=Decision.DENY,
-                details={Detail.REASON: refusal_reason(error), Detail.BYTES: meter.total_bytes},
-            )
+            with self._changed:
+                open_round = self._live.opened.number if self._live is not None else None
+            self._desk.refused(peer, header.round, meter, error, open_round=open_round)
             raise
-        if not receipt.duplicate:
-            digests, evidence = signature.evidence()
-            self._record(
-                EventKind.AGGREGATE_RECEIVED,
-                peer.jurisdiction,
-                round_number=header.round,
-                subject=peer,
-                decision=Decision.ALLOW,
-                digests=digests,
-                details={
-                    Detail.COHORT_SIZE: header.cohort_size,
-                    Detail.EXAMPLE_COUNT: header.example_total,
-                    Detail.BYTES: meter.total_bytes,
-                    **evidence,
-                },
-            )
-        return receipt
-
-    def _take_aggregate(
-        self, peer: Identity, header: AggregateHeader, chunks: Iterable[tensors_pb2.TensorChunk], meter: Meter
-    ) -> Receipt:
-        self._check_registered(peer)
-        current = self._open_round(header.round)
-        self._check_attestation(peer, header)
-        if header.compression != current.upstream_compression:
-            raise WrongState(
-                f"round {header.round} asks for {current.upstream_compression} aggregates, "
-                f"not {header.compression}"
-            )
-        withheld = frozenset(header.withheld_tensors)
-        flow = Flow(
-            artifact=Artifact.AGGREGATE,
-            source=self._regional_endpoint(peer),
-            destination=self._endpoint,
-            cohort_silos=header.cohort_size,
-            compressed=header.compression != "none",
-            layers=frozenset(t.name for t in self._spec.tensors) - withheld,
-            # The header has no field that could name a silo or a host.
-            metadata_fields=frozenset(),
+        receipt = self._desk.take(
+            peer, header, chunks, meter, certificate_pem, live.opened, live.contract.cohort.jurisdictions
         )
-        self._require_both(peer, flow, header.round)
-        try:
-            receipt = current.intake.receive(
-                peer.jurisdiction,
-                header.idempotency_key,
-                float(header.example_total),
-                chunks,
-                withheld=withheld,
-            )
-        finally:
-            current.intake.count_bytes(meter.total_bytes)
-            self._instruments.metrics.bytes_moved(Hop.REGIONAL_GLOBAL, Direction.RECEIVED, meter.total_bytes)
-        carried = self._spec.without(header.withheld_tensors)
         with self._changed:
-            if not receipt.duplicate:
-                self._contributions.append(
-                    Contribution(
-                        round=header.round,
-                        jurisdiction=peer.jurisdiction,
-                        cohort_size=header.cohort_size,
-                        example_total=header.example_total,
-                        bytes_received=meter.total_bytes,
-                        float32_bytes_equivalent=carried.float32_bytes,
-                    )
-                )
             self._changed.notify_all()
-        log.info("aggregate received", extra={"round": header.round, "jurisdiction": peer.jurisdiction})
         return receipt
-
-    def _check_attestation(self, peer: Identity, header: AggregateHeader) -> None:
-        installed = self._members[peer.jurisdiction].policy
-        if header.policy_sha256 != installed.sha256:
-            raise WrongState(
-                f"the {peer.jurisdiction} regional attests enforcing policy "
-                f"{header.policy_sha256 or '(none)'}, "
-                f"but the global holds {installed.label} {installed.sha256}: both sides must run the same "
-                "signed version"
-            )
 
     # --- the round loop ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Run the planned rounds, then mark the federation finished."""
-        self._await_jurisdictions(stop)
-        for number in range(self._first_round, self._plan.rounds + 1):
-            if stop.is_set():
-                return
-            self._run_round(number, stop)
-        with self._changed:
-            self._state = RoundState.FINISHED
-            self._changed.notify_all()
-        log.info("federation finished", extra={"rounds": self._plan.rounds})
+        """Run the round plans until `stop`: the round a crash interrupted first, then each plan's
+        rounds as operators start them; between plans the federation waits (or is finished)."""
+        self._resume(stop)
+        awaited = False
+        while not stop.is_set():
+            with self._changed:
+                plan = self._plan
+                number = self._state.resume().next_round
+                if plan is not None and number > plan.last_round:
+                    self._end_plan(PlanStatus.FINISHED, f"ran rounds {plan.first_round}-{plan.last_round}")
+                    log.info("plan finished", extra={"plan": plan.name, "last_round": plan.last_round})
+                    continue
+                if plan is None:
+                    self._changed.wait(0.5)
+                    continue
+            if not awaited:
+                self._await_jurisdictions(stop)
+                awaited = True
+            self._run_round(number, plan, stop)
 
     def shutdown(self) -> None:
         """Answer every waiting long poll now, so the server can drain promptly."""
@@ -301,143 +300,299 @@ class GlobalCoordinator:
             self._stopping = True
             self._changed.notify_all()
 
-    def snapshot(self) -> GlobalSnapshot:
-        with self._changed:
-            return GlobalSnapshot(
-                current_round=self._round.number if self._round is not None else 0,
-                state=self._state,
-                jurisdictions=tuple(sorted(self._regionals)),
-                rounds=tuple(self._history),
-                contributions=tuple(self._contributions),
-                refusals=tuple(self._refusals),
-            )
-
     def _await_jurisdictions(self, stop: threading.Event) -> None:
-        give_up = time.monotonic() + self._plan.start_timeout_s
+        give_up = time.monotonic() + self._schedule.start_timeout_s
         with self._changed:
-            while len(self._regionals) < self._plan.expected_jurisdictions and not stop.is_set():
+            while len(self._regionals) < self._schedule.expected_jurisdictions and not stop.is_set():
                 remaining = give_up - time.monotonic()
                 if remaining <= 0:
                     log.warning(
                         "starting without every expected jurisdiction",
                         extra={
                             "registered": sorted(self._regionals),
-                            "expected": self._plan.expected_jurisdictions,
+                            "expected": self._schedule.expected_jurisdictions,
                         },
                     )
                     return
                 self._changed.wait(min(remaining, 0.5))
 
-    def _run_round(self, number: int, stop: threading.Event) -> None:
+    def _run_round(self, number: int, plan: PlanRecord, stop: threading.Event) -> None:
         """One round, traced as one span every participant's work joins (via `traceparent`)."""
         span = self._instruments.tracer.start_span(SpanName.ROUND, attributes={Attribute.ROUND: number})
         try:
-            outcome = self._open_and_close(number, stop, traceparent(span))
-            span.set_attribute(Attribute.OUTCOME, outcome.value)
+            live = self._open(number, plan, traceparent(span))
+            if live is not None:
+                outcome = self._follow(live, stop)
+                if outcome is not None:
+                    span.set_attribute(Attribute.OUTCOME, outcome)
         finally:
             span.end()
 
-    def _open_and_close(self, number: int, stop: threading.Event, trace_context: str) -> RoundOutcome:
+    def _open(self, number: int, plan: PlanRecord, trace_context: str) -> _Live | None:
+        with self._changed:
+            if self._plan is None or self._plan.id != plan.id:
+                return None  # the plan was aborted meanwhile
+            head = self._require_head()
+            signed = self._issuer.issue(
+                serde.round_plan_from_json(plan.document.encode()),
+                number,
+                BaseCheckpoint(head.version, head.blob_sha256, self._spec.architecture),
+            )
+            self._blobs.put(signed.canonical)  # named by the contract's SHA-256
+            deadline_s = signed.contract.deadlines.global_s
+            self._state.open_round(number, signed.contract.sha256, head.blob_sha256, duration_s=deadline_s)
+            self._record(
+                EventKind.CONTRACT_ISSUED,
+                GLOBAL_JURISDICTION,
+                round_number=number,
+                digests={"contract": signed.contract.sha256, "model": head.blob_sha256},
+                details={Detail.CHECKPOINT_VERSION: head.version},
+            )
+            live = self._announce(signed, self._model, head.blob_sha256, deadline_s, trace_context)
+            log.info(
+                "round opened",
+                extra={"round": number, "plan": plan.name, "jurisdictions": sorted(self._regionals)},
+            )
+            return live
+
+    def _announce(
+        self, signed: SignedContract, base: Weights, base_sha256: str, duration_s: float, trace_context: str
+    ) -> _Live:
+        """Open `signed`'s round in memory and announce it (call with the lock held)."""
+        contract = signed.contract
+        compression = upstream_compression(contract.compression)
         opened = OpenRound.start(
-            number,
+            contract.round,
             self._spec,
-            self._plan.training,
-            self._model,
-            self._plan.round_deadline_s,
-            allowed_encodings=frozenset({_ENCODINGS[self._plan.upstream_compression]}),
+            contract.training,
+            base,
+            duration_s,
+            allowed_encodings=frozenset({_ENCODINGS[compression]}),
             max_concurrent=MAX_CONCURRENT_AGGREGATES,
-            base_sha256=self._model_sha256,
+            base_sha256=base_sha256,
             global_location=self._guard.location or "",
-            upstream_compression=self._plan.upstream_compression,
+            upstream_compression=compression,
             traceparent=trace_context,
+            contract=signed.canonical,
+            contract_signature=signed.signature,
         )
+        self._live = _Live(opened, contract)
+        self._declined.clear()
+        self._abort = None
+        self._finished = False
+        self._changed.notify_all()
+        return self._live
+
+    def _follow(self, live: _Live, stop: threading.Event) -> str | None:
+        """Wait for quorum, the deadline or an abort, then close; None if stopped (left open on disk)."""
+        opened, contract = live.opened, live.contract
         intake = opened.intake
         with self._changed:
-            self._declined.clear()
-            self._round = opened
-            self._state = RoundState.OPEN
-            self._changed.notify_all()
-            log.info("round opened", extra={"round": number, "jurisdictions": sorted(self._regionals)})
-            while not stop.is_set():
+            while True:
+                if stop.is_set():
+                    return None
+                aborted_by = self._abort
+                expected = {j for j in self._regionals if j in contract.cohort.jurisdictions}
+                done = set(intake.contributors)
+                settled = done | (self._declined & expected)
+                enough = len(done) >= contract.quorum.min_jurisdictions or bool(self._declined)
                 remaining = opened.deadline - time.monotonic()
-                done = len(intake.contributors)
-                settled = done + len(self._declined - set(intake.contributors))
-                everyone_settled = settled >= len(self._regionals)
-                if remaining <= 0 or (
-                    everyone_settled and (done >= self._plan.min_jurisdictions or self._declined)
-                ):
+                if aborted_by is not None or remaining <= 0 or (settled >= expected and enough):
                     break
                 self._changed.wait(min(remaining, 0.5))
-        return self._close(opened)
-
-    def _close(self, opened: OpenRound) -> RoundOutcome:
-        mean = opened.intake.close()
-        cohort = opened.intake.contributors
-        quorum_met = mean is not None and len(cohort) >= self._plan.min_jurisdictions
-        self._record(
-            EventKind.GATE,
-            self.identity.jurisdiction,
-            round_number=opened.number,
-            decision=Decision.PASS if quorum_met else Decision.FAIL,
-            details={
-                Detail.METRIC: "jurisdiction quorum",
-                Detail.VALUE: len(cohort),
-                Detail.THRESHOLD: self._plan.min_jurisdictions,
-            },
-        )
-        result = RoundOutcome.ABORTED
-        if mean is None or not quorum_met:
-            outcome = (
-                f"aborted: quorum not met ({len(cohort)} of {self._plan.min_jurisdictions} jurisdictions)"
-            )
-            model_sha = self._model_sha256
-        else:
-            result = RoundOutcome.COMMITTED
-            model = add(opened.base, mean)
-            info = self._store.save(opened.number, self._spec, model)
-            self._record(
-                EventKind.COMMIT,
-                self.identity.jurisdiction,
-                round_number=opened.number,
-                digests={"model": info.sha256},
-                details={Detail.CHECKPOINT_VERSION: info.version, Detail.COHORT_SIZE: len(cohort)},
-            )
-            outcome, model_sha = "committed", info.sha256
-            with self._changed:
-                self._model, self._model_sha256 = model, model_sha
-        summary = RoundSummary(
-            round=opened.number,
-            outcome=outcome,
-            participants=tuple(sorted(cohort)),
-            example_total=int(opened.intake.total_weight),
-            bytes_received=opened.intake.bytes_received,
-            float32_bytes_equivalent=self._spec.float32_bytes * len(cohort),
-            wall_time_s=time.monotonic() - opened.started,
-            model_sha256=model_sha,
-            rejections=opened.intake.rejections,
+            declined = set(self._declined)
+        closed = self._closer.close(
+            opened, contract, expected=expected, declined=declined, aborted_by=aborted_by
         )
         with self._changed:
-            self._history.append(summary)
-            selected = len(self._regionals)
+            self._model = closed.model
+            self._live = None
+            self._abort = None
             self._changed.notify_all()
-        self._instruments.metrics.round_closed(
-            outcome=result, duration_s=summary.wall_time_s, selected=selected, participants=len(cohort)
-        )
+        return str(closed.status)
+
+    def _resume(self, stop: threading.Event) -> None:
+        """Go on with the round a crash interrupted: its recorded aggregates folded again, announced
+        until its recorded deadline; closed at once if it was closing or its deadline has passed."""
+        began = time.monotonic()
+        resumption = self._state.resume()
+        record = resumption.in_flight
+        if record is None:
+            return
+        contract = RoundContract.from_canonical_json(self._blobs.get(record.contract_sha256))
+        remaining_s = 0.0
+        if record.deadline_at is not None:
+            remaining_s = max(0.0, (record.deadline_at - datetime.now(UTC)).total_seconds())
+        base = self._blobs.get_weights(record.base_sha256, self._spec)
+        with self._changed:
+            live = self._announce(self._issuer.resign(contract), base, record.base_sha256, remaining_s, "")
+            for kept in resumption.contributions:
+                withheld = frozenset(kept.withheld)
+                update = self._blobs.get_weights(kept.content_sha256, self._spec.without(withheld))
+                live.opened.intake.restore(
+                    kept.participant,
+                    kept.idempotency_key,
+                    float(kept.example_count),
+                    update,
+                    withheld=withheld,
+                )
+            if record.state is RoundStatus.CLOSING or self._plan is None:
+                self._abort = None if self._plan is not None else "its plan was stopped before it closed"
+                live.opened.deadline = time.monotonic()
         log.info(
-            "round closed", extra={"round": opened.number, "outcome": outcome, "jurisdictions": list(cohort)}
+            "round resumed after a restart",
+            extra={
+                "round": record.number,
+                "state": str(record.state),
+                "contributions": [c.participant for c in resumption.contributions],
+                "remaining_s": round(remaining_s, 1),
+                "resume_s": round(time.monotonic() - began, 3),
+            },
         )
-        return result
+        self._follow(live, stop)
+
+    # --- operators -------------------------------------------------------------------------------
+
+    def start_plan(self, operator: Identity, plan: RoundPlan) -> PlanProgress:
+        """Run `plan` from the next round on; WrongState while another plan runs."""
+        self._check_plan(plan)
+        with self._changed:
+            if self._plan is not None:
+                raise WrongState(
+                    f"plan {self._plan.name} is running (rounds {self._plan.first_round}-"
+                    f"{self._plan.last_round}); abort it first"
+                )
+            self._plan = self._start_plan(plan)
+            self._finished = False
+            self._changed.notify_all()
+        log.info(
+            "plan started",
+            extra={"plan": plan.name, "first_round": self._plan.first_round, "by": str(operator)},
+        )
+        return plan_progress(self._plan)
+
+    def abort(self, operator: Identity, reason: str) -> tuple[int, PlanProgress | None]:
+        """Abort the open round (nothing merged) and stop the running plan; (round aborted or 0, plan)."""
+        why = f"by operator {operator.node}: {reason or 'no reason given'}"
+        with self._changed:
+            live = self._live
+            stopped = self._end_plan(PlanStatus.ABORTED, why) if self._plan is not None else None
+            if live is None:
+                return 0, stopped
+            self._abort = why
+            self._changed.notify_all()
+            give_up = time.monotonic() + ABORT_WAIT_S
+            while self._live is live and time.monotonic() < give_up:
+                self._changed.wait(0.5)
+        log.warning("round aborted by an operator", extra={"round": live.opened.number, "by": str(operator)})
+        return live.opened.number, stopped
+
+    def rollback(
+        self, operator: Identity, to_version: int, reason: str
+    ) -> tuple[int | None, CheckpointRecord]:
+        """Make checkpoint `to_version` the head, its bytes checked against its hash; WrongState
+        while a round is open. Returns the version rolled back from and the new head."""
+        with self._changed:
+            if self._live is not None:
+                raise WrongState(f"round {self._live.opened.number} is open; abort it before rolling back")
+            target = self._state.checkpoint(to_version)
+            weights = self._blobs.get_weights(target.blob_sha256, self._spec)
+            previous = self._require_head()
+            head = self._state.rollback(to_version, reason or f"by operator {operator.node}")
+            self._model = weights
+            self._changed.notify_all()
+        self._record(
+            EventKind.ROLLBACK,
+            GLOBAL_JURISDICTION,
+            digests={"model": head.blob_sha256},
+            details={
+                Detail.CHECKPOINT_VERSION: head.version,
+                Detail.REASON: (reason or "no reason given")[:900],
+            },
+        )
+        log.warning("rolled back", extra={"from": previous.version, "to": head.version, "by": str(operator)})
+        return previous.version, head
+
+    def history(self) -> RoundHistory:
+        return read_history(self._state)
+
+    def snapshot(self) -> GlobalSnapshot:
+        with self._changed:
+            live = self._live
+            jurisdictions = tuple(sorted(self._regionals))
+            refusals = tuple(self._refusals)
+            state = RoundState.FINISHED if self._finished else RoundState.OPEN if live else RoundState.WAITING
+        # Read after the flags: a federation reported finished has every round on disk already.
+        history = read_history(self._state)
+        closed = [entry for entry in history.rounds if entry.closed_at is not None]
+        return GlobalSnapshot(
+            current_round=live.opened.number
+            if live is not None
+            else (history.rounds[-1].round if history.rounds else 0),
+            state=state,
+            jurisdictions=jurisdictions,
+            rounds=tuple(summary(entry) for entry in closed),
+            contributions=tuple(
+                Contribution(
+                    round=entry.round,
+                    jurisdiction=p.participant,
+                    cohort_size=p.cohort_size,
+                    example_total=p.example_count,
+                    bytes_received=p.bytes_received,
+                    float32_bytes_equivalent=p.float32_bytes,
+                )
+                for entry in history.rounds
+                for p in entry.participants
+            ),
+            refusals=refusals,
+            left_out=tuple(e for entry in history.rounds for e in entry.left_out),
+            plan=history.plans[-1] if history.plans else None,
+        )
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _check_plan(self, plan: RoundPlan) -> None:
+        check_runnable(plan, has_probe_set=self._acceptance.has_probe_set)
+        strangers = sorted(set(plan.cohort.jurisdictions) - set(self._members))
+        if strangers:
+            raise InvalidInput(
+                f"round plan {plan.name}: cohort.jurisdictions names {', '.join(strangers)}, whose residency "
+                "policy this global does not hold (member_policies)"
+            )
+
+    def _start_plan(self, plan: RoundPlan) -> PlanRecord:
+        document = serde.round_plan_to_json(plan).decode()
+        return self._state.plans.start(plan.name, document, self._state.resume().next_round, plan.rounds)
+
+    def _end_plan(self, status: PlanStatus, reason: str) -> PlanProgress:
+        """End the running plan (call with the lock held)."""
+        assert self._plan is not None
+        ended = self._state.plans.end(self._plan.id, status, reason)
+        self._plan = None
+        self._finished = status is PlanStatus.FINISHED
+        self._changed.notify_all()
+        return plan_progress(ended)
+
+    def _last_plan_finished(self) -> bool:
+        plans = self._state.plans.plans()
+        return bool(plans) and plans[-1].status is PlanStatus.FINISHED
+
+    def _require_head(self) -> CheckpointRecord:
+        head = self._state.head()
+        if head is None:
+            raise WrongState("the state holds no checkpoint to start from")
+        return head
 
     def _record(self, kind: EventKind, jurisdiction: str, **fields: Any) -> None:
         self._audit.record(AuditEvent(kind=kind, actor=self.identity, jurisdiction=jurisdiction, **fields))
 
-    def _open_round(self, round_number: int) -> OpenRound:
+    def _open_round(self, round_number: int) -> _Live:
         with self._changed:
-            current = self._round
-        if current is None or current.number != round_number or not current.intake.is_open:
-            open_now = current.number if current is not None and current.intake.is_open else "none"
+            live = self._live
+        if live is None or live.opened.number != round_number or not live.opened.intake.is_open:
+            open_now = live.opened.number if live is not None and live.opened.intake.is_open else "none"
             raise WrongState(f"round {round_number} is not open; the open round is {open_now}")
-        return current
+        return live
 
     def _check_registered(self, peer: Identity) -> None:
         require_tier(peer, Tier.REGIONAL, "take part in global rounds")

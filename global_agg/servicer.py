@@ -26,8 +26,10 @@ class GlobalServicer(global_pb2_grpc.GlobalAggregatorServicer):
     def RegisterRegional(
         self, request: global_pb2.RegisterRegionalRequest, context: grpc.ServicerContext
     ) -> global_pb2.RegisterRegionalResponse:
-        jurisdiction = self._coordinator.register_regional(peer_identity(context))
-        return global_pb2.RegisterRegionalResponse(jurisdiction=jurisdiction)
+        jurisdiction = self._coordinator.register_regional(peer_identity(context), request.code_version)
+        return global_pb2.RegisterRegionalResponse(
+            jurisdiction=jurisdiction, contract_key=self._coordinator.contract_key_pem
+        )
 
     def WaitForRound(
         self, request: rounds_pb2.WaitForRoundRequest, context: grpc.ServicerContext
@@ -66,14 +68,55 @@ class GlobalServicer(global_pb2_grpc.GlobalAggregatorServicer):
     ) -> global_pb2.GlobalStatus:
         require_tier(peer_identity(context), Tier.OPERATOR, "read the federation's status")
         snapshot = self._coordinator.snapshot()
-        return global_pb2.GlobalStatus(
+        status = global_pb2.GlobalStatus(
             current_round=snapshot.current_round,
             state=serde.round_state_to_proto(snapshot.state),
             registered_jurisdictions=snapshot.jurisdictions,
             rounds=[serde.round_summary_to_proto(s) for s in snapshot.rounds],
             contributions=[serde.contribution_to_proto(c) for c in snapshot.contributions],
             refusals=[serde.refusal_to_proto(r) for r in snapshot.refusals],
+            left_out=[serde.left_out_to_proto(e) for e in snapshot.left_out],
         )
+        if snapshot.plan is not None:
+            status.plan.CopyFrom(serde.plan_progress_to_proto(snapshot.plan))
+        return status
+
+    def StartPlan(
+        self, request: global_pb2.StartPlanRequest, context: grpc.ServicerContext
+    ) -> global_pb2.StartPlanResponse:
+        operator = peer_identity(context)
+        require_tier(operator, Tier.OPERATOR, "start a round plan")
+        plan = self._coordinator.start_plan(operator, serde.round_plan_from_json(request.plan))
+        return global_pb2.StartPlanResponse(plan=serde.plan_progress_to_proto(plan))
+
+    def AbortRound(
+        self, request: global_pb2.AbortRoundRequest, context: grpc.ServicerContext
+    ) -> global_pb2.AbortRoundResponse:
+        operator = peer_identity(context)
+        require_tier(operator, Tier.OPERATOR, "abort a round")
+        aborted, plan = self._coordinator.abort(operator, request.reason[:500])
+        response = global_pb2.AbortRoundResponse(round=aborted)
+        if plan is not None:
+            response.plan.CopyFrom(serde.plan_progress_to_proto(plan))
+        return response
+
+    def Rollback(
+        self, request: global_pb2.RollbackRequest, context: grpc.ServicerContext
+    ) -> global_pb2.RollbackResponse:
+        operator = peer_identity(context)
+        require_tier(operator, Tier.OPERATOR, "roll the model back")
+        previous, head = self._coordinator.rollback(operator, request.to_version, request.reason[:500])
+        return global_pb2.RollbackResponse(
+            from_version=-1 if previous is None else previous,
+            to_version=head.version,
+            model_sha256=head.blob_sha256,
+        )
+
+    def GetHistory(
+        self, request: global_pb2.GetHistoryRequest, context: grpc.ServicerContext
+    ) -> global_pb2.RoundHistory:
+        require_tier(peer_identity(context), Tier.OPERATOR, "read the round history")
+        return serde.round_history_to_proto(self._coordinator.history())
 
 
 SERVICE = global_pb2.DESCRIPTOR.services_by_name["GlobalAggregator"]
@@ -87,6 +130,10 @@ METHOD_ROLES = MethodRoles.for_service(
         "SubmitAggregate": [Role.REGIONAL],
         "DeclineRound": [Role.REGIONAL],
         "GetStatus": [Role.OPERATOR, Role.AUDITOR],
+        "StartPlan": [Role.OPERATOR],
+        "AbortRound": [Role.OPERATOR],
+        "Rollback": [Role.OPERATOR],
+        "GetHistory": [Role.OPERATOR, Role.AUDITOR],
     },
 )
 

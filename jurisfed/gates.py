@@ -13,6 +13,9 @@ Checks (each off unless configured, except `finite_weights`):
   loss_increase    candidate cross-entropy - committed cross-entropy <= max_loss_increase
   update_norm      L2 norm of (candidate - committed), all tensors together, <= max_update_norm
 
+A global without a probe set can still run `evaluate_weight_gates`: finite_weights and
+update_norm, which look at the weights alone.
+
 Numpy only (jurisfed.modeling.mlp computes the logits), so the global needs no TensorFlow.
 """
 
@@ -135,24 +138,10 @@ def evaluate_gates(
         raise InvalidInput(
             f"probe features have {probe.features.shape[1]} columns; the model takes {model.input_dim}"
         )
-    finite = all(bool(np.isfinite(values).all()) for values in candidate.values())
     candidate_accuracy, candidate_loss = _accuracy_and_loss(model, candidate, probe)
     committed_accuracy, committed_loss = _accuracy_and_loss(model, committed, probe)
-    try:
-        update_norm = global_l2_norm(subtract(candidate, committed))
-    except InvalidInput:
-        update_norm = math.inf
-    checks = [
-        GateCheck(
-            GateName.FINITE_WEIGHTS,
-            1.0 if finite else 0.0,
-            1.0,
-            finite,
-            "finite_weights: every candidate weight is a finite number, so it passes."
-            if finite
-            else "finite_weights: the candidate holds NaN or infinite weights, so it fails.",
-        )
-    ]
+    update_norm = _update_norm(candidate, committed)
+    checks = [_finite_check(candidate)]
     if config.max_accuracy_drop is not None:
         drop = committed_accuracy - candidate_accuracy
         checks.append(
@@ -189,14 +178,7 @@ def evaluate_gates(
             )
         )
     if config.max_update_norm is not None:
-        checks.append(
-            _at_most(
-                GateName.UPDATE_NORM,
-                update_norm,
-                config.max_update_norm,
-                f"the round changes the model by an L2 norm of {update_norm:.4g}",
-            )
-        )
+        checks.append(_norm_check(config.max_update_norm, update_norm))
     return GateReport(
         tuple(checks),
         candidate_accuracy,
@@ -205,6 +187,49 @@ def evaluate_gates(
         committed_loss,
         update_norm,
         len(probe.labels),
+    )
+
+
+def evaluate_weight_gates(
+    config: GateConfig, candidate: Weights, committed: Weights
+) -> tuple[tuple[GateCheck, ...], float]:
+    """The gates that need no probe set (finite_weights, and update_norm if configured), and the
+    update norm: what a global without a probe set can check. Any check that needs one is left out."""
+    if committed.keys() != candidate.keys():
+        raise InvalidInput("candidate and committed models must have the same tensors")
+    update_norm = _update_norm(candidate, committed)
+    checks = [_finite_check(candidate)]
+    if config.max_update_norm is not None:
+        checks.append(_norm_check(config.max_update_norm, update_norm))
+    return tuple(checks), update_norm
+
+
+def _finite_check(candidate: Weights) -> GateCheck:
+    finite = all(bool(np.isfinite(values).all()) for values in candidate.values())
+    return GateCheck(
+        GateName.FINITE_WEIGHTS,
+        1.0 if finite else 0.0,
+        1.0,
+        finite,
+        "finite_weights: every candidate weight is a finite number, so it passes."
+        if finite
+        else "finite_weights: the candidate holds NaN or infinite weights, so it fails.",
+    )
+
+
+def _update_norm(candidate: Weights, committed: Weights) -> float:
+    try:
+        return global_l2_norm(subtract(candidate, committed))
+    except InvalidInput:
+        return math.inf
+
+
+def _norm_check(threshold: float, update_norm: float) -> GateCheck:
+    return _at_most(
+        GateName.UPDATE_NORM,
+        update_norm,
+        threshold,
+        f"the round changes the model by an L2 norm of {update_norm:.4g}",
     )
 
 

@@ -24,6 +24,14 @@ class RoundState(enum.Enum):
 
 
 @dataclass(frozen=True)
+class ExclusionNotice:
+    """What a silo left out of the open round is told: the reason code and a sentence."""
+
+    code: str  # a jurisfed.eligibility.ExclusionReason value
+    reason: str
+
+
+@dataclass(frozen=True)
 class RoundAnnouncement:
     state: RoundState
     round: int
@@ -36,6 +44,12 @@ class RoundAnnouncement:
     upstream_compression: str = "int8"
     # W3C trace context of the round's span (empty: not traced).
     traceparent: str = ""
+    # The signed round contract (jurisfed.round_contract): canonical JSON and the global's
+    # Ed25519 signature over it; empty on WAITING and FINISHED announcements.
+    contract: bytes = b""
+    contract_signature: bytes = b""
+    # To a silo excluded from round `round` (WAITING announcements only).
+    exclusion: ExclusionNotice | None = None
 
 
 # How a regional may encode the aggregate it forwards.
@@ -115,3 +129,89 @@ class Contribution:
     example_total: int
     bytes_received: int
     float32_bytes_equivalent: int
+
+
+# --- what `round status` and `round history` report ----------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """An acceptance gate (threshold and passed set) or a plain metric (both None) of one round."""
+
+    name: str
+    value: float | None  # None where it could not be computed (NaN)
+    sentence: str
+    threshold: float | None = None
+    passed: bool | None = None
+
+    @property
+    def is_gate(self) -> bool:
+        return self.passed is not None
+
+
+@dataclass(frozen=True)
+class LeftOutEntry:
+    """A participant excluded before a round (`dropout` False) or one that dropped out of it."""
+
+    round: int
+    participant: str
+    dropout: bool
+    code: str  # a jurisfed.eligibility.ExclusionReason or DropoutReason value
+    detail: str
+
+
+@dataclass(frozen=True)
+class ParticipantEntry:
+    """One contribution a round counted."""
+
+    participant: str
+    example_count: int
+    cohort_size: int
+    bytes_received: int
+    float32_bytes: int
+    content_sha256: str
+    withheld: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlanProgress:
+    name: str
+    first_round: int
+    last_round: int
+    status: str  # running, finished or aborted
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RoundEntry:
+    """One round as a tier recorded it."""
+
+    round: int
+    state: str  # open, closing, committed, aborted, gate_failed, rolled_back
+    reason: str
+    contract_sha256: str
+    base_sha256: str
+    model_sha256: str
+    opened_at: float  # seconds since the Unix epoch
+    closed_at: float | None
+    participants: tuple[ParticipantEntry, ...] = ()
+    refusals: tuple[Rejection, ...] = ()
+    checks: tuple[CheckResult, ...] = ()
+    left_out: tuple[LeftOutEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class RollbackEntry:
+    from_version: int | None
+    to_version: int
+    reason: str
+    rolled_back_at: float
+
+
+@dataclass(frozen=True)
+class RoundHistory:
+    rounds: tuple[RoundEntry, ...]
+    plans: tuple[PlanProgress, ...]
+    rollbacks: tuple[RollbackEntry, ...]
+    head_version: int | None
+    head_sha256: str

@@ -7,7 +7,9 @@ import threading
 
 import grpc
 
+from jurisfed.audit.keys import load_public_keys
 from jurisfed.audit.tier import open_tier_log
+from jurisfed.audit.witness_link import open_book
 from jurisfed.auth.identity import Tier
 from jurisfed.auth.pki import own_identity
 from jurisfed.auth.signatures import ContentSigner
@@ -20,12 +22,12 @@ from jurisfed.rpc.peer_limits import PeerLimitInterceptor, PeerLimits
 from jurisfed.rpc.revocation_interceptor import revocation_interceptor
 from jurisfed.rpc.server import serve
 from jurisfed.rpc.token_interceptor import token_interceptor
-from jurisfed.store.checkpoints import CheckpointStore
 from jurisfed.telemetry import Telemetry, required_by_policy
 from regional.aggregator import RegionalAggregator
 from regional.config import RegionalConfig
 from regional.servicer import METHOD_ROLES, SERVICE, regional_service
 from regional.upstream import Upstream
+from regional.witness import WitnessLoop
 
 log = logging.getLogger("jurisfed.regional")
 
@@ -37,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Run a regional aggregator: serve this jurisdiction's silos over mTLS, aggregate "
         "their updates as they stream in, keep the jurisdiction's personalized model and forward "
         "only the compressed aggregate to the global aggregator, as far as the jurisdiction's signed "
-        "residency policy allows; an unsigned or altered policy stops it at start-up (exit 2).",
+        "residency policy allows; an unsigned or altered policy stops it at start-up (exit 2). Each "
+        "round's contract must be signed by the global's contract key; silos are selected by its "
+        "eligibility rules, and told why when they are not. State survives a restart: a killed "
+        "regional resumes the round it was in.",
         config_type=RegionalConfig,
         env_prefix="regional",
         run=run,
@@ -51,15 +56,18 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
     telemetry = Telemetry.start(
         config.telemetry, identity, policy_strip=required_by_policy(policy, Tier.REGIONAL)
     )
+    contract_key = load_public_keys(config.contract_key)[0] if config.contract_key is not None else None
     aggregator = RegionalAggregator(
         identity,
-        CheckpointStore(config.state_dir / "personalized"),
+        config.state_dir,
         min_silos=config.min_silos,
         max_concurrent_uploads=config.max_concurrent_uploads,
         audit=audit,
         guard=PolicyGuard(policy, identity, audit),
         instruments=telemetry.instrumentation,
     )
+    aggregator.resume()  # before serving, so a silo's retry finds its round open again
+    witnesses = open_book(config.state_dir, identity, config.witness_peers, audit)
     log.info("residency policy loaded", extra={"policy": policy.label, "sha256": policy.sha256})
     host, port = split_address(config.listen)
     interceptors = [
@@ -96,9 +104,14 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
             forward_margin_s=config.forward_margin_s,
             stop=stop,
             quantization_seed=config.quantization_seed,
+            contract_key=contract_key,
         )
         follower = threading.Thread(target=upstream.run, name="upstream", daemon=True)
         follower.start()
+        witness = WitnessLoop(audit, witnesses, dial_global, stop, interval_s=config.witness_interval_s)
+        witnessing = threading.Thread(target=witness.run, name="witness", daemon=True)
+        if config.witness_peers:
+            witnessing.start()
         server.set_serving(True)
         write_ready_file(config.ready_file, server.address)
         log.info("serving", extra={"address": server.address, "identity": str(identity)})
@@ -107,6 +120,9 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
         server.stop(grace_s=5.0)
         upstream.close()  # cancels the upstream's long poll
         follower.join(timeout=5.0)
+        if config.witness_peers:
+            witnessing.join(timeout=10.0)
     telemetry.shutdown()
+    witnesses.close()
     audit.close()
     log.info("stopped")

@@ -15,7 +15,10 @@ from jurisfed.telemetry.settings import TelemetryConfig
 class RegionalConfig:
     jurisdiction: str = setting("jurisdiction this regional serves; must match its certificate")
     global_address: str = setting("host:port of the global aggregator")
-    state_dir: Path = setting("directory for personalized models and state")
+    state_dir: Path = setting(
+        "directory for the silo registry and round state (state.sqlite), personalized models and "
+        "updates (blobs/), the audit log and its key"
+    )
     tls: TlsFiles = setting("mutual TLS files: ca_cert, cert (URI SAN names jurisdiction/tier/node), key")
     policy: Path = setting(
         "this jurisdiction's signed residency policy (YAML); the regional refuses to start without it"
@@ -41,6 +44,15 @@ class RegionalConfig:
     telemetry: TelemetryConfig = setting(
         "traces (OTLP) and metrics (Prometheus endpoint); see docs/observability.md", TelemetryConfig()
     )
+    witness_peers: tuple[str, ...] = setting(
+        "aggregators whose audit logs this node witnesses, and which witness its own: "
+        "IDENTITY=PUBLIC_KEY_FILE entries (the peer's audit key .pub), e.g. "
+        "jurisfed://GLOBAL/global/main=/etc/jurisfed/witness/global.pub; empty: no witnessing",
+        (),
+    )
+    witness_interval_s: float = setting(
+        "seconds between two checkpoint exchanges with the global (also one at shutdown)", 30.0
+    )
     ready_file: Path | None = setting("file to write the bound host:port to once serving", None)
     min_silos: int = setting(
         "quorum: fewest silo updates a round needs before it is forwarded; the regional joins the "
@@ -52,6 +64,12 @@ class RegionalConfig:
     )
     max_concurrent_uploads: int = setting("silo uploads staged at once; more wait, then are refused", 4)
     max_message_bytes: int = setting("largest single gRPC message accepted", 2 * 1024 * 1024)
+    contract_key: Path | None = setting(
+        "the global aggregator's public contract key (its state_dir's contract.key.pub): only round "
+        "contracts it signed are acted on; empty: the key the global presents when this regional "
+        "registers over mutual TLS",
+        None,
+    )
     quantization_seed: int | None = setting(
         "seed of the int8 stochastic rounding of forwarded aggregates; empty draws a fresh one "
         "from the OS (set it only to make a run reproducible)",

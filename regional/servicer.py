@@ -70,6 +70,7 @@ class RegionalServicer(regional_pb2_grpc.RegionalAggregatorServicer):
             current_round=self._aggregator.current_round(),
             registered_silos=self._aggregator.silos(),
             rounds=[serde.round_summary_to_proto(s) for s in self._aggregator.history()],
+            left_out=[serde.left_out_to_proto(e) for e in self._aggregator.left_out()],
         )
 
 

@@ -1,10 +1,17 @@
 """The regional's link to the global aggregator: it dials out, follows the global's rounds,
 runs each one locally and forwards the compressed aggregate delta — only what its residency
 policy allows (see regional/export.py), and tells the global at once when the policy refuses.
+
+Before acting on a round it verifies the round's contract: signed by the global's contract key
+(the key pinned in its configuration, or else the one the global presents when the regional
+registers over mutual TLS), for this round and this base model. A contract that does not
+verify is refused like a contract the policy refuses: declined, with the reason, and audited.
+A round resumed after a restart is taken over when the global still runs it, else abandoned.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import threading
@@ -14,10 +21,14 @@ from typing import TypeVar
 
 import grpc
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from jurisfed import __version__
+from jurisfed.audit.keys import key_id, parse_public_keys
 from jurisfed.auth.signatures import ContentSigner, digest_chunks
+from jurisfed.errors import ConfigError, InvalidInput, Unauthenticated
 from jurisfed.policy.model import Decision
+from jurisfed.round_contract import RoundContract, verify_contract
 from jurisfed.rounds import AggregateHeader, RoundAnnouncement, RoundState
 from jurisfed.rpc.channel import DEFAULT_DEADLINE_S
 from jurisfed.rpc.retry import with_retry
@@ -27,8 +38,10 @@ from jurisfed.wire import serde
 from jurisfed.wire.chunks import encode_tensors
 from jurisfed.wire.models import receive_model
 from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, rounds_pb2, tensors_pb2
-from regional.aggregator import ClosedRound, RegionalAggregator
+from regional.aggregator import RegionalAggregator
+from regional.closing import ClosedRound
 from regional.export import Export, plan_export
+from regional.local_round import RoundTerms
 
 log = logging.getLogger("jurisfed.regional.upstream")
 T = TypeVar("T")
@@ -46,9 +59,11 @@ class Upstream:
         forward_margin_s: float,
         stop: threading.Event,
         quantization_seed: int | None = None,
+        contract_key: Ed25519PublicKey | None = None,
     ) -> None:
         """`dial` connects to the global aggregator (it may fail while the global is down);
-        `signer` signs every aggregate with this regional's certificate key."""
+        `signer` signs every aggregate with this regional's certificate key; `contract_key`, if
+        given, is the only key whose round contracts this regional accepts."""
         self._aggregator = aggregator
         self._dial = dial
         self._channel: grpc.Channel | None = None
@@ -60,6 +75,8 @@ class Upstream:
         self._rng = np.random.default_rng(
             secrets.randbits(128) if quantization_seed is None else quantization_seed
         )
+        self._pinned_key = contract_key
+        self._contract_key = contract_key
 
     def run(self) -> None:
         """Follow the global's rounds until it says the federation finished or `stop` is set."""
@@ -102,6 +119,19 @@ class Upstream:
             global_pb2.RegisterRegionalRequest(code_version=__version__), timeout=DEFAULT_DEADLINE_S
         )
         log.info("registered with the global aggregator", extra={"jurisdiction": response.jurisdiction})
+        try:
+            presented = parse_public_keys(response.contract_key)
+        except ConfigError:
+            presented = []
+        if self._pinned_key is None:
+            self._contract_key = presented[0] if presented else None
+        elif presented and key_id(presented[0]) != key_id(self._pinned_key):
+            log.error(
+                "the global presents another contract key than the configured one: its contracts are refused",
+                extra={"presented": key_id(presented[0]), "configured": key_id(self._pinned_key)},
+            )
+        if self._contract_key is not None:
+            log.info("round contracts are verified", extra={"contract_key_id": key_id(self._contract_key)})
 
     def _wait_for_round(self, after_round: int) -> RoundAnnouncement:
         request = rounds_pb2.WaitForRoundRequest(after_round=after_round, max_wait_s=LONG_POLL_S)
@@ -109,42 +139,100 @@ class Upstream:
 
     def _run_round(self, announcement: RoundAnnouncement) -> None:
         assert announcement.model_spec is not None
-        assert announcement.training is not None
         spec = announcement.model_spec
-        local_deadline_s = announcement.deadline_in_s - self._margin_s
-        if local_deadline_s <= 0:
-            log.warning("joined round too late to take part", extra={"round": announcement.round})
+        contract = self._verified(announcement)
+        if contract is None:
             return
-        # The contract against local policy, with the largest cohort this regional could gather.
-        contract = self._plan(announcement, cohort_silos=self._aggregator.registered_silos())
-        if not contract.allowed:
-            self._decline(announcement.round, contract.decision)
+        if self._aggregator.jurisdiction not in contract.cohort.jurisdictions:
+            log.info("not in the round's cohort", extra={"round": announcement.round})
             return
-        base = self._call("fetch the round's model", lambda: self._fetch_model(announcement))
-        if base is None:
-            return
-        self._aggregator.open_round(
-            announcement.round,
-            spec,
-            announcement.training,
-            base,
-            local_deadline_s,
-            local_layers=contract.withheld,
-            traceparent=traceparent(),
-        )
+        if not self._aggregator.take_over(announcement.round, contract.sha256):
+            if self._aggregator.ran(announcement.round):
+                log.info("round already run here", extra={"round": announcement.round})
+                return
+            if not self._open(announcement, contract, spec):
+                return
         closed = self._aggregator.wait_for_close(self._stop)
+        if closed is None:
+            return
         if closed.mean_delta is None:
             log.warning("round not forwarded", extra={"round": closed.number, "reason": closed.reason})
             return
         export = self._plan(announcement, cohort_silos=closed.cohort_size)
         if not export.allowed:
-            self._decline(closed.number, export.decision)
+            self._decline(announcement, contract.sha256, export.decision, ran=True)
             return
         key = f"{self._aggregator.jurisdiction}-{closed.number}-{secrets.token_hex(8)}"
         with self._tracer.start_as_current_span(SpanName.REGIONAL_AGGREGATE):
             self._call(
                 "submit the aggregate", lambda: self._submit(closed, spec, export, key, self._margin_s)
             )
+
+    def _open(self, announcement: RoundAnnouncement, contract: RoundContract, spec: ModelSpec) -> bool:
+        """Check the round against local policy, fetch its model and open it locally."""
+        # Closes at the contract's regional deadline, and early enough to forward before the global's.
+        elapsed_s = contract.deadlines.global_s - announcement.deadline_in_s
+        local_deadline_s = min(
+            announcement.deadline_in_s - self._margin_s, contract.deadlines.regional_s - elapsed_s
+        )
+        if local_deadline_s <= 0:
+            log.warning("joined round too late to take part", extra={"round": announcement.round})
+            return False
+        # The contract against local policy, with the largest cohort this regional could gather.
+        export = self._plan(announcement, cohort_silos=self._aggregator.registered_silos())
+        if not export.allowed:
+            self._decline(announcement, contract.sha256, export.decision)
+            return False
+        base = self._call("fetch the round's model", lambda: self._fetch_model(announcement))
+        if base is None:
+            return False
+        self._aggregator.open_round(
+            announcement.round,
+            spec,
+            contract.training,
+            base,
+            local_deadline_s,
+            terms=RoundTerms.of(contract, announcement.contract_signature),
+            local_layers=export.withheld,
+            traceparent=traceparent(),
+        )
+        return True
+
+    def _verified(self, announcement: RoundAnnouncement) -> RoundContract | None:
+        """The round's contract if the global's key signed it for this very round; else declined."""
+        sha256 = hashlib.sha256(announcement.contract).hexdigest()
+        refusal = None
+        contract = None
+        if not announcement.contract:
+            refusal = "the round carries no signed contract"
+        elif self._contract_key is None:
+            refusal = "no contract key: the global presented none and none is configured (contract_key)"
+        else:
+            try:
+                contract = verify_contract(
+                    announcement.contract, announcement.contract_signature, self._contract_key
+                )
+            except (Unauthenticated, InvalidInput) as error:
+                refusal = str(error)
+        if contract is not None and (contract.round, contract.base.sha256) != (
+            announcement.round,
+            announcement.base_model_sha256,
+        ):
+            refusal = (
+                f"the contract is for round {contract.round} from model {contract.base.sha256[:12]}, "
+                f"but round {announcement.round} from {announcement.base_model_sha256[:12]} was announced"
+            )
+        self._aggregator.contract_decision(announcement.round, sha256, refusal)
+        if refusal is None:
+            return contract
+        log.error("round contract refused", extra={"round": announcement.round, "reason": refusal})
+        self._aggregator.declined(
+            announcement.round, sha256, announcement.base_model_sha256, f"contract: {refusal}"
+        )
+        self._tell_declined(
+            announcement.round, "round-contract", refusal, self._aggregator.guard.policy.sha256
+        )
+        return None
 
     def _plan(self, announcement: RoundAnnouncement, *, cohort_silos: int) -> Export:
         assert announcement.model_spec is not None
@@ -157,18 +245,28 @@ class Upstream:
             cohort_silos=cohort_silos,
         )
 
-    def _decline(self, round_number: int, decision: Decision) -> None:
-        """Local policy wins: tell the global which rule refused, so it need not wait for us."""
+    def _decline(
+        self, announcement: RoundAnnouncement, contract_sha256: str, decision: Decision, *, ran: bool = False
+    ) -> None:
+        """Local policy wins: tell the global which rule refused, so it need not wait for us.
+        `ran`: the round ran locally (and is recorded) before its aggregate was refused export."""
+        round_number = announcement.round
         log.warning(
             "round declined by residency policy",
             extra={"round": round_number, "rule": decision.rule_id, "reason": decision.reason},
         )
-        self._aggregator.declined(round_number, f"rule {decision.rule_id}: {decision.reason}")
+        if not ran:
+            self._aggregator.declined(
+                round_number,
+                contract_sha256,
+                announcement.base_model_sha256,
+                f"rule {decision.rule_id}: {decision.reason}",
+            )
+        self._tell_declined(round_number, decision.rule_id, decision.reason, decision.policy_sha256)
+
+    def _tell_declined(self, round_number: int, rule_id: str, reason: str, policy_sha256: str) -> None:
         request = global_pb2.DeclineRoundRequest(
-            round=round_number,
-            rule_id=decision.rule_id,
-            reason=decision.reason[:900],
-            policy_sha256=decision.policy_sha256,
+            round=round_number, rule_id=rule_id, reason=reason[:900], policy_sha256=policy_sha256
         )
         self._call(
             "tell the global the round is declined",

@@ -75,6 +75,9 @@ class SiloClient:
             if announcement is None or announcement.state is RoundState.FINISHED:
                 break
             if announcement.state is RoundState.WAITING:
+                if announcement.exclusion is not None:
+                    last_round = announcement.round  # wait for the next round, not this one again
+                    self._left_out(announcement)
                 continue
             last_round = announcement.round
             # This silo's work joins the round's trace, under the regional's span.
@@ -88,6 +91,22 @@ class SiloClient:
                 reports.append(report)
         log.info("federation finished", extra={"rounds_taken": len(reports)})
         return reports
+
+    def _left_out(self, announcement: RoundAnnouncement) -> None:
+        """Log why this silo sits the round out; a stale one fetches the round's model to rejoin."""
+        assert announcement.exclusion is not None
+        code, reason = announcement.exclusion.code, announcement.exclusion.reason
+        log.warning(
+            "excluded from the round", extra={"round": announcement.round, "code": code, "reason": reason}
+        )
+        if code == "stale":
+            request = rounds_pb2.FetchModelRequest(round=announcement.round)
+            synced = self._call(
+                "catch up with the current model",
+                lambda: sum(1 for _ in self._stub.FetchModel(request, timeout=DEFAULT_DEADLINE_S)),
+            )
+            if synced is not None:
+                log.info("caught up; eligible again from the next round", extra={"round": announcement.round})
 
     def _register(self) -> None:
         response = self._stub.RegisterSilo(

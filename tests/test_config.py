@@ -336,10 +336,10 @@ def test_values_the_dataclass_itself_refuses_are_config_errors(tmp_path: Path) -
         load(write(tmp_path, "name: a\ndata_dir: /d\nratio: 1.5\n"))
     path = write(
         tmp_path,
-        "state_dir: s\nrounds: 0\nmember_policies: [eu.yaml]\n" + POLICY_YAML + SERVER_YAML + TLS_YAML,
+        "state_dir: s\nrounds: -1\nmember_policies: [eu.yaml]\n" + POLICY_YAML + SERVER_YAML + TLS_YAML,
         "global.yaml",
     )
-    with pytest.raises(ConfigError, match="rounds must be at least 1"):
+    with pytest.raises(ConfigError, match="rounds must not be negative"):
         load_config(GlobalConfig, path, env_prefix="global", environ={})
 
 

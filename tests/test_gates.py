@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jurisfed.errors import InvalidInput
-from jurisfed.gates import GateConfig, GateName, ProbeSet, evaluate_gates
+from jurisfed.gates import GateConfig, GateName, ProbeSet, evaluate_gates, evaluate_weight_gates
 from jurisfed.modeling.mlp import Mlp
 from jurisfed.tensors import Weights
 
@@ -189,3 +189,27 @@ def test_a_probe_set_must_fit_the_model(fitted: list[Weights], digits: tuple[np.
     del wrong["head/bias"]
     with pytest.raises(InvalidInput, match="do not match"):
         evaluate_gates(STRICT, MODEL, wrong, fitted[0], ProbeSet(features[:5], labels[:5]))
+
+
+def test_without_a_probe_set_the_weight_gates_still_catch_a_poisoned_candidate(fitted: list[Weights]) -> None:
+    committed, candidate = fitted[0], fitted[1]
+    config = GateConfig(max_update_norm=5.0)
+    checks, norm = evaluate_weight_gates(config, candidate, committed)
+    assert [(c.name, c.passed) for c in checks] == [
+        (GateName.FINITE_WEIGHTS, True),
+        (GateName.UPDATE_NORM, True),
+    ]
+    assert 0 < norm <= 5.0
+
+    scaled = {name: committed[name] + 100 * (candidate[name] - committed[name]) for name in candidate}
+    checks, norm = evaluate_weight_gates(config, scaled, committed)
+    assert [(c.name, c.passed) for c in checks] == [
+        (GateName.FINITE_WEIGHTS, True),
+        (GateName.UPDATE_NORM, False),
+    ]
+    assert "so it fails" in checks[1].sentence
+
+    poisoned = {**candidate, "head/bias": np.full_like(candidate["head/bias"], np.nan)}
+    checks, norm = evaluate_weight_gates(GateConfig(), poisoned, committed)
+    assert [(c.name, c.passed) for c in checks] == [(GateName.FINITE_WEIGHTS, False)]
+    assert math.isinf(norm)

@@ -5,17 +5,24 @@ jurisdictions' aggregates. A contribution is staged in a preallocated buffer whi
 in and is added to the mean only once every chunk has been validated, so a stream that fails
 half way (bad chunk, dropped connection) leaves nothing behind. Memory is the accumulator plus
 one staging buffer per concurrent upload, whatever the number of contributors.
+
+Durability is the tier's: between "staged" (complete and valid) and "folded", `receive` hands
+the update to the tier's `keep` callback, which stores its bytes and records the contribution
+(tier_state.py). Only a contribution recorded as new is folded, so a tier restarted after a
+crash, which folds its recorded contributions again with `restore`, counts each exactly once.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import grpc
+
 from jurisfed.aggregation.streaming_mean import StreamingWeightedMean
-from jurisfed.errors import JurisfedError, TooLarge, WrongState
+from jurisfed.errors import InvalidInput, JurisfedError, TooLarge, WrongState
 from jurisfed.rounds import Rejection
 from jurisfed.tensors import ModelSpec, Weights
 from jurisfed.wire.chunks import TensorAssembler
@@ -29,6 +36,29 @@ STAGING_WAIT_S = 5.0
 class Receipt:
     accepted: bool
     duplicate: bool
+
+
+class RoundClosed(WrongState):
+    """The contribution arrived after the round closed: refused as stale."""
+
+
+class UploadInterrupted(JurisfedError):
+    """The sender's stream broke off (it died or cancelled) before the update was complete."""
+
+    status = grpc.StatusCode.CANCELLED
+
+
+class IncompleteUpload(InvalidInput):
+    """The sender's stream ended before every tensor was complete (it may have died half way)."""
+
+
+# Both mean the sender did not finish its upload; nothing of it is kept.
+UPLOAD_BROKE_OFF = (UploadInterrupted, IncompleteUpload)
+
+
+# Called with a complete, validated update while the round is known to be open; stores it and
+# records the contribution durably. True: recorded now, fold it. False: recorded before (a retry).
+Keep = Callable[[Weights], bool]
 
 
 class RoundIntake:
@@ -57,10 +87,13 @@ class RoundIntake:
         chunks: Iterable[tensors_pb2.TensorChunk],
         *,
         withheld: frozenset[str] = frozenset(),
+        keep: Keep | None = None,
     ) -> Receipt:
         """Stage, validate and add one contribution; a retry with the same key is a no-op.
 
         `withheld`: tensors the sender declared it leaves out (kept local by its policy).
+        `keep`: makes the staged update durable before it is folded (None: memory only). It runs
+        under the intake's lock, so a contribution it records is folded before `close` answers.
         """
         try:
             with self._lock:
@@ -70,13 +103,24 @@ class RoundIntake:
                 if sender in self._contributors:
                     raise WrongState(f"{sender} already contributed to round {self.round}")
             with self._staging(withheld) as assembler:
-                for chunk in chunks:
-                    assembler.add(chunk)
-                update = assembler.staged()
+                try:
+                    for chunk in chunks:
+                        assembler.add(chunk)
+                except grpc.RpcError:
+                    raise UploadInterrupted(
+                        f"{sender}'s upload to round {self.round} broke off before it was complete; "
+                        "nothing of it was kept"
+                    ) from None
+                try:
+                    update = assembler.staged()
+                except InvalidInput as error:
+                    raise IncompleteUpload(str(error)) from None
                 with self._lock:
                     self._check_open()
                     if sender in self._contributors:
                         return Receipt(accepted=True, duplicate=self._contributors[sender] == key)
+                    if keep is not None and not keep(update):
+                        return Receipt(accepted=True, duplicate=True)
                     self._mean.add(update, weight, withheld=withheld)
                     self._contributors[sender] = key
                     self._weights[sender] = weight
@@ -85,6 +129,18 @@ class RoundIntake:
             with self._lock:
                 self._rejections.append(Rejection(sender, error.status.name, str(error)))
             raise
+
+    def restore(
+        self, sender: str, key: str, weight: float, update: Weights, *, withheld: frozenset[str] = frozenset()
+    ) -> None:
+        """Fold a contribution recorded before a restart again (its bytes come from the blob store)."""
+        with self._lock:
+            self._check_open()
+            if sender in self._contributors:
+                raise WrongState(f"{sender} already contributed to round {self.round}")
+            self._mean.add(update, weight, withheld=withheld)
+            self._contributors[sender] = key
+            self._weights[sender] = weight
 
     def count_bytes(self, size: int) -> None:
         with self._lock:
@@ -124,7 +180,7 @@ class RoundIntake:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise WrongState(f"round {self.round} is closed; the contribution arrived too late")
+            raise RoundClosed(f"round {self.round} is closed; the contribution arrived too late")
 
     @contextmanager
     def _staging(self, withheld: frozenset[str]) -> Iterator[TensorAssembler]:

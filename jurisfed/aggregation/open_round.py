@@ -32,6 +32,9 @@ class OpenRound:
     global_location: str = ""
     upstream_compression: str = "int8"
     traceparent: str = ""  # the round's trace context, handed to every participant
+    # The signed round contract (canonical JSON) and the global's signature, handed on as received.
+    contract: bytes = b""
+    contract_signature: bytes = b""
 
     @classmethod
     def start(
@@ -48,6 +51,8 @@ class OpenRound:
         global_location: str = "",
         upstream_compression: str = "int8",
         traceparent: str = "",
+        contract: bytes = b"",
+        contract_signature: bytes = b"",
     ) -> OpenRound:
         intake = RoundIntake(number, spec, allowed_encodings=allowed_encodings, max_concurrent=max_concurrent)
         now = time.monotonic()
@@ -64,6 +69,8 @@ class OpenRound:
             global_location=global_location,
             upstream_compression=upstream_compression,
             traceparent=traceparent,
+            contract=contract,
+            contract_signature=contract_signature,
         )
 
     def is_news_to(self, after_round: int) -> bool:
@@ -80,16 +87,21 @@ class OpenRound:
             global_location=self.global_location,
             upstream_compression=self.upstream_compression,
             traceparent=self.traceparent,
+            contract=self.contract,
+            contract_signature=self.contract_signature,
         )
 
 
 @dataclass(frozen=True)
 class Board:
-    """What a long poll looks at, read under the tier's condition."""
+    """What a long poll looks at, read under the tier's condition. `current` is the open round
+    as this caller may see it (None: nothing for it); `notice` an answer due to it at once (a
+    silo excluded from the open round is told so)."""
 
     current: OpenRound | None
     finished: bool
     stopping: bool
+    notice: RoundAnnouncement | None = None
 
 
 def wait_for_announcement(
@@ -102,6 +114,8 @@ def wait_for_announcement(
             now = board()
             if now.current is not None and now.current.is_news_to(after_round):
                 return now.current.announcement()
+            if now.notice is not None:
+                return now.notice
             if now.finished:
                 return RoundAnnouncement(RoundState.FINISHED, after_round, None, None, 0.0, "")
             remaining = give_up - time.monotonic()

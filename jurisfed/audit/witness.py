@@ -110,6 +110,11 @@ class WitnessBook:
             if entry.conflicting is None:
                 self._latest[entry.checkpoint.origin] = entry
 
+    @property
+    def peers(self) -> tuple[Identity, ...]:
+        """The nodes whose logs this book witnesses (their keys are pinned)."""
+        return tuple(self._peers)
+
     def latest(self, origin: Identity) -> SignedCheckpoint | None:
         with self._lock:
             entry = self._latest.get(origin)

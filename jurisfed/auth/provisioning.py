@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from jurisfed.audit.keys import create_signing_key, public_path
 from jurisfed.auth.identity import Identity
 from jurisfed.auth.pki import TlsFiles, issue
 from jurisfed.auth.revocation import publish_crl
@@ -41,6 +42,18 @@ class Provisioner:
             private = load_token_key(key) if key.exists() else generate_token_key(key)
             self._token_keys[identity] = private.public_key()
         return TokenKeyFile(key, identity.node)
+
+    def audit_key(self, identity: Identity) -> Path:
+        """The aggregator's audit checkpoint key (made once); its public half is PATH.pub."""
+        path = self._dir(identity) / "audit" / "audit.key"
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            create_signing_key(path)
+        return path
+
+    def witness_entry(self, identity: Identity) -> str:
+        """`identity` pinned with its audit key, as a `witness_peers` entry."""
+        return f"{identity.uri}={public_path(self.audit_key(identity))}"
 
     def key_set(self, aggregator: Identity, callers: dict[Identity, Role]) -> Path:
         """The key set `aggregator` trusts: the public token key of each caller, for its role."""

@@ -24,13 +24,8 @@ from jurisfed.auth.pki import TlsFiles, create_ca
 from jurisfed.auth.provisioning import Provisioner
 from jurisfed.auth.tokens import Role, TokenKeyFile
 from jurisfed.demo.fleet import Fleet, FleetError, Member
-from jurisfed.demo.partition import (
-    DEFAULT_TEST_FRACTION,
-    DEMO_TRAINING,
-    Partition,
-    load_split,
-    partition_digits,
-)
+from jurisfed.demo.partition import DEFAULT_TEST_FRACTION, Partition, load_split, partition_digits
+from jurisfed.demo.plan import demo_plan, write_probe_set
 from jurisfed.demo.report import DemoResults, RoundResult
 from jurisfed.errors import ConfigError, NotFound
 from jurisfed.modeling.mlp import DIGITS_MLP
@@ -40,8 +35,9 @@ from jurisfed.policy.errors import PolicyError
 from jurisfed.policy.loader import read_policy
 from jurisfed.policy.model import Artifact, Endpoint, Policy
 from jurisfed.rounds import RoundState, RoundSummary
-from jurisfed.store.checkpoints import CheckpointStore
-from jurisfed.tensors import Weights
+from jurisfed.store.blobs import BlobStore
+from jurisfed.store.tier_state import TierState
+from jurisfed.wire import serde
 
 GLOBAL = Identity(GLOBAL_JURISDICTION, Tier.GLOBAL, "global-1")
 OPERATOR = Identity(GLOBAL_JURISDICTION, Tier.OPERATOR, "demo-operator")
@@ -127,7 +123,9 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> DemoResults:
         results = _watch(settings, partition, pki, fleet, members, say)
         say("federation finished; shutting every process down")
         fleet.wait_for_exit(members["silos"], timeout_s=60.0)
-        fleet.stop(members["regionals"] + members["global"])
+        # Regionals first: each hands the global its final audit checkpoint as it stops.
+        fleet.stop(members["regionals"])
+        fleet.stop(members["global"])
     finally:
         fleet.stop()
     failures = fleet.failures()
@@ -173,6 +171,16 @@ def _start_federation(
     say: Callable[[str], None],
 ) -> dict[str, list[Member]]:
     keys = str(policies.keys)
+    plan_file = fleet.directory / "config" / "plan.yaml"  # JSON is YAML
+    plan_file.parent.mkdir(parents=True, exist_ok=True)
+    plan = demo_plan(
+        settings.rounds,
+        settings.round_deadline_s,
+        settings.jurisdictions,
+        [len(j.silos) for j in partition.jurisdictions],
+    )
+    plan_file.write_bytes(serde.round_plan_to_json(plan) + b"\n")
+    probe = write_probe_set(partition.test_path, fleet.directory / "data" / "probe.npz")
     regional_ids = [_regional_identity(j.name) for j in partition.jurisdictions]
     global_callers = {OPERATOR: Role.OPERATOR, **dict.fromkeys(regional_ids, Role.REGIONAL)}
     global_member = fleet.start(
@@ -186,19 +194,14 @@ def _start_federation(
             "policy_keys": keys,
             "token_keys": str(pki.key_set(GLOBAL, global_callers)),
             "crl": str(pki.crl),
+            "audit_key": str(pki.audit_key(GLOBAL)),
+            "witness_peers": [pki.witness_entry(r) for r in regional_ids],
             "telemetry": _telemetry(fleet, "global"),
             "listen": "127.0.0.1:0",
-            "rounds": settings.rounds,
-            "round_deadline_s": settings.round_deadline_s,
+            "plan": str(plan_file),
+            "probe_set": str(probe),
             "expected_jurisdictions": len(settings.jurisdictions),
             "start_timeout_s": settings.start_timeout_s,
-            "min_jurisdictions": max(1, len(settings.jurisdictions) - 1),
-            "training": {
-                "epochs": DEMO_TRAINING.epochs,
-                "batch_size": DEMO_TRAINING.batch_size,
-                "learning_rate": DEMO_TRAINING.learning_rate,
-                "proximal_mu": DEMO_TRAINING.proximal_mu,
-            },
         },
         ready=True,
     )
@@ -222,8 +225,13 @@ def _start_federation(
                     "token": _token(pki.token(identity)),
                     "token_keys": str(pki.key_set(identity, callers)),
                     "crl": str(pki.crl),
+                    "audit_key": str(pki.audit_key(identity)),
+                    "witness_peers": [pki.witness_entry(GLOBAL)],
+                    "witness_interval_s": 10.0,
                     "telemetry": _telemetry(fleet, f"regional-{jurisdiction.name}"),
                     "listen": "127.0.0.1:0",
+                    # The global's contract key, made in its state directory when it started.
+                    "contract_key": str(fleet.directory / "global" / "contract.key.pub"),
                     "min_silos": len(jurisdiction.silos),
                     # Reproducible runs: the same --seed gives the same table.
                     "quantization_seed": settings.seed * 1000 + index,
@@ -337,13 +345,17 @@ def _heartbeat(status: FederationStatus, operator: OperatorClient, partition: Pa
 
 
 class _Evaluator:
-    """Accuracy of committed checkpoints on the held-out test splits (numpy, no TensorFlow)."""
+    """Accuracy of committed models on the held-out test splits (numpy, no TensorFlow), read from
+    each tier's state: the global's model after each round, each regional's personalized models."""
 
     def __init__(self, partition: Partition, run_dir: Path) -> None:
         self._spec = DIGITS_MLP.spec()
-        self._global = CheckpointStore(run_dir / "global" / "checkpoints")
+        self._global = BlobStore(run_dir / "global" / "blobs")
         self._personalized = {
-            j.name: CheckpointStore(run_dir / f"regional-{j.name}" / "personalized")
+            j.name: (
+                TierState(run_dir / f"regional-{j.name}" / "state.sqlite"),
+                BlobStore(run_dir / f"regional-{j.name}" / "blobs"),
+            )
             for j in partition.jurisdictions
         }
         self._overall = load_split(partition.test_path)
@@ -352,13 +364,14 @@ class _Evaluator:
     def round_result(
         self, summary: RoundSummary, status: FederationStatus, operator: OperatorClient
     ) -> RoundResult:
-        model = self._latest(self._global, summary.round)
+        model = self._global.get_weights(summary.model_sha256, self._spec)
         global_by_j = {name: DIGITS_MLP.accuracy(model, *split) for name, split in self._splits.items()}
         personalized: dict[str, float | None] = {}
         silo_bytes = silo_float32 = 0
         for name, split in self._splits.items():
+            state, blobs = self._personalized[name]
             try:
-                personal = self._personalized[name].load(summary.round, self._spec)
+                personal = blobs.get_weights(state.checkpoint(summary.round).blob_sha256, self._spec)
                 personalized[name] = DIGITS_MLP.accuracy(personal, *split)
             except NotFound:
                 personalized[name] = None
@@ -380,7 +393,3 @@ class _Evaluator:
             regional_to_global_float32_bytes=sum(c.float32_bytes_equivalent for c in contributions),
             wall_time_s=summary.wall_time_s,
         )
-
-    def _latest(self, store: CheckpointStore, round_number: int) -> Weights:
-        version = max(v for v in store.versions() if v <= round_number)
-        return store.load(version, self._spec)

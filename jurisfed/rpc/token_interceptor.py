@@ -94,6 +94,10 @@ class MethodRoles:
         """Policy for one service, e.g. ``for_service("jurisfed.v1.RegionalAggregator", {...})``."""
         return cls({f"/{service}/{name}": frozenset(roles) for name, roles in roles_by_method.items()})
 
+    def including(self, other: MethodRoles) -> MethodRoles:
+        """One policy for a server hosting the services of both."""
+        return MethodRoles({**self.allowed, **other.allowed}, self.public | other.public)
+
     def roles_for(self, method: str) -> frozenset[Role]:
         """The roles that may call `method`; empty when none may."""
         return self.allowed.get(method, frozenset())

@@ -7,6 +7,7 @@ by it and by silo_registry.py. Every function takes a connection already inside 
 from __future__ import annotations
 
 import enum
+import json
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -18,12 +19,12 @@ from jurisfed.errors import InvalidInput, JurisfedError, NotFound
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 ROUND_COLUMNS = (
-    "SELECT number, state, contract_sha256, base_sha256, opened_at, closed_at, reason, model_sha256 "
-    "FROM rounds "
+    "SELECT number, state, contract_sha256, base_sha256, opened_at, closed_at, reason, model_sha256, "
+    "deadline_at, contract_signature FROM rounds "
 )
 CONTRIBUTION_COLUMNS = (
-    "SELECT round, participant, idempotency_key, content_sha256, example_count, recorded_at "
-    "FROM participants WHERE outcome = 'accepted' "
+    "SELECT round, participant, idempotency_key, content_sha256, example_count, recorded_at, "
+    "cohort_size, bytes_received, float32_bytes, withheld FROM participants WHERE outcome = 'accepted' "
 )
 REFUSAL_COLUMNS = (
     "SELECT round, participant, reason_code, detail, recorded_at FROM participants WHERE outcome = 'refused' "
@@ -66,6 +67,8 @@ class RoundRecord:
     closed_at: datetime | None
     reason: str
     model_sha256: str  # the model after the round: its checkpoint if committed, else the head (or base)
+    deadline_at: datetime | None = None  # when the tier closes it at the latest, if it said so
+    contract_signature: bytes = b""  # the signature the contract came with
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,12 @@ class ContributionRecord:
     content_sha256: str
     example_count: int
     recorded_at: datetime
+    # What arrived, for reports: silos behind it (1 for a silo's own update), bytes on the wire,
+    # the same tensors as float32, and the tensors the sender declared withheld.
+    cohort_size: int = 1
+    bytes_received: int = 0
+    float32_bytes: int = 0
+    withheld: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,8 @@ class Resumption:
     next_round: int
 
 
-RoundRow = tuple[int, str, str, str, float, float | None, str, str]
+RoundRow = tuple[int, str, str, str, float, float | None, str, str, float | None, str]
+ContributionRow = tuple[int, str, str, str, int, float, int, int, int, str]
 CheckpointRow = tuple[int, str, str, int | None, int | None, float]
 
 
@@ -153,7 +163,7 @@ def in_flight_round(db: sqlite3.Connection) -> RoundRecord | None:
 
 
 def round_of(row: RoundRow) -> RoundRecord:
-    number, state, contract, base, opened, closed, reason, model = row
+    number, state, contract, base, opened, closed, reason, model, deadline, signature = row
     return RoundRecord(
         number,
         RoundStatus(state),
@@ -163,6 +173,8 @@ def round_of(row: RoundRow) -> RoundRecord:
         None if closed is None else utc(closed),
         reason,
         model,
+        None if deadline is None else utc(deadline),
+        bytes.fromhex(signature),
     )
 
 
@@ -173,9 +185,12 @@ def contributions_of_round(db: sqlite3.Connection, round_number: int) -> list[Co
     ]
 
 
-def contribution_of(row: tuple[int, str, str, str, int, float]) -> ContributionRecord:
-    round_number, participant, key, content, examples, at = row
-    return ContributionRecord(round_number, participant, key, content, examples, utc(at))
+def contribution_of(row: ContributionRow) -> ContributionRecord:
+    round_number, participant, key, content, examples, at, cohort, received, float32, withheld = row
+    names = json.loads(withheld)
+    return ContributionRecord(
+        round_number, participant, key, content, examples, utc(at), cohort, received, float32, tuple(names)
+    )
 
 
 def head_record(db: sqlite3.Connection) -> CheckpointRecord | None:

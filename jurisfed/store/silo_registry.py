@@ -98,6 +98,11 @@ class SiloRegistry:
             )
             return _silo_of(db.execute(_SILO + "WHERE silo_id = ?", (silo_id,)).fetchone())
 
+    def forget_silo(self, silo_id: str) -> bool:
+        """Remove a registration (its records of past rounds stay); True if there was one."""
+        with self._transaction(write=True) as db:
+            return db.execute("DELETE FROM silos WHERE silo_id = ?", (silo_id,)).rowcount == 1
+
     def mark_synced(self, silo_id: str, round_number: int) -> SiloRecord:
         """Record that the silo fetched the model of `round_number` (never moves backwards)."""
         with self._transaction(write=True) as db:

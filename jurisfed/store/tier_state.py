@@ -5,12 +5,17 @@ store/sqlite.py): every method is one transaction, so after a SIGKILL or a power
 is either wholly visible or not at all, and a call that returned is on disk.
 
 What it holds:
-  rounds        number, state, contract SHA-256, base model, opened/closed times, reason, model
+  rounds        number, state, contract SHA-256 and signature, base model, opened/closed times,
+                deadline, reason, model
   participants  per round: each accepted contribution (participant, idempotency key, content
-                SHA-256, example count) and each refused one (reason code, detail)
+                SHA-256 naming its blob, example count, cohort size, bytes, tensors withheld) and
+                each refused one (reason code, detail)
   silos         the registry: example count, schema hash, code version, last synced round
   left_out      per round: silos excluded before it and participants that dropped out, by code
                 (these two through `TierState.registry`, a SiloRegistry: silo_registry.py)
+  plans         the round plans run, and which rounds each covers (`TierState.plans`: plans.py)
+  checks        per round: the acceptance gates and metrics measured at its close
+                (`TierState.checks`: checks.py)
   checkpoints   version -> blob SHA-256 (blobs.py), parent version, committing round; append-only
   head          the committed checkpoint the next round starts from; `rollback` moves it
 
@@ -28,6 +33,7 @@ from their blobs (nothing lost) while retries with the same key are answered as 
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -36,6 +42,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from jurisfed.errors import InvalidInput, WrongState
+from jurisfed.store.checks import RoundChecks
+from jurisfed.store.plans import PlanBook
 from jurisfed.store.round_records import (
     CHECKPOINT_COLUMNS,
     CONTRIBUTION_COLUMNS,
@@ -96,7 +104,9 @@ _SCHEMA = (
         opened_at REAL NOT NULL,
         closed_at REAL,
         reason TEXT NOT NULL DEFAULT '',
-        model_sha256 TEXT NOT NULL DEFAULT '')""",
+        model_sha256 TEXT NOT NULL DEFAULT '',
+        deadline_at REAL,
+        contract_signature TEXT NOT NULL DEFAULT '')""",
     """CREATE UNIQUE INDEX IF NOT EXISTS rounds_one_in_flight
         ON rounds ((0)) WHERE state IN ('open', 'closing')""",
     """CREATE TABLE IF NOT EXISTS participants (
@@ -106,6 +116,10 @@ _SCHEMA = (
         idempotency_key TEXT NOT NULL,
         content_sha256 TEXT NOT NULL,
         example_count INTEGER NOT NULL,
+        cohort_size INTEGER NOT NULL DEFAULT 1,
+        bytes_received INTEGER NOT NULL DEFAULT 0,
+        float32_bytes INTEGER NOT NULL DEFAULT 0,
+        withheld TEXT NOT NULL DEFAULT '[]',
         outcome TEXT NOT NULL CHECK (outcome IN ('accepted', 'refused')),
         reason_code TEXT NOT NULL DEFAULT '',
         detail TEXT NOT NULL DEFAULT '',
@@ -144,16 +158,32 @@ class TierState:
                 db, _SCHEMA, version=SCHEMA_VERSION, what=f"tier state {path}", unavailable=StateUnavailable
             )
         self.registry = SiloRegistry(path, clock=clock, busy_timeout_s=busy_timeout_s)
+        self.plans = PlanBook(path, clock=clock, busy_timeout_s=busy_timeout_s)
+        self.checks = RoundChecks(path, clock=clock, busy_timeout_s=busy_timeout_s)
 
     # --- rounds ------------------------------------------------------------------------------
 
-    def open_round(self, number: int, contract_sha256: str, base_sha256: str) -> RoundRecord:
-        """Open round `number` under the contract with that hash, starting from `base_sha256`.
+    def open_round(
+        self,
+        number: int,
+        contract_sha256: str,
+        base_sha256: str,
+        *,
+        duration_s: float | None = None,
+        contract_signature: bytes = b"",
+    ) -> RoundRecord:
+        """Open round `number` under the contract with that hash, starting from `base_sha256`;
+        `duration_s`: how long this tier keeps it open (recorded as `deadline_at`, so a
+        restarted tier closes it on time); `contract_signature`: the signature it was issued with.
 
         Opening the round that is already open under the same contract returns it unchanged (a
         restarted tier re-opening); any other round in flight, or a number not above every
         earlier round, is WrongState.
         """
+        if duration_s is not None and not 0.0 <= duration_s < float("inf"):
+            raise InvalidInput(
+                f"a round's duration must be a non-negative number of seconds, got {duration_s}"
+            )
         check_sha256("contract", contract_sha256)
         check_sha256("base model", base_sha256)
         with self._transaction(write=True) as db:
@@ -172,10 +202,19 @@ class TierState:
             latest = db.execute("SELECT max(number) FROM rounds").fetchone()[0]
             if latest is not None and number <= latest:
                 raise WrongState(f"round {number} is not after round {latest}; round numbers only grow")
+            now = self._clock()
             db.execute(
-                "INSERT INTO rounds (number, state, contract_sha256, base_sha256, opened_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (number, RoundStatus.OPEN.value, contract_sha256, base_sha256, self._clock()),
+                "INSERT INTO rounds (number, state, contract_sha256, base_sha256, opened_at, deadline_at, "
+                "contract_signature) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    number,
+                    RoundStatus.OPEN.value,
+                    contract_sha256,
+                    base_sha256,
+                    now,
+                    None if duration_s is None else now + duration_s,
+                    contract_signature.hex(),
+                ),
             )
             return round_record(db, number)
 
@@ -263,12 +302,24 @@ class TierState:
         idempotency_key: str,
         content_sha256: str,
         example_count: int,
+        *,
+        cohort_size: int = 1,
+        bytes_received: int = 0,
+        float32_bytes: int = 0,
+        withheld: tuple[str, ...] = (),
     ) -> Recorded:
         """Record one accepted contribution to the open round; the same key again is not new.
 
-        WrongState if the round is not open, or the participant already contributed under
-        another key; InvalidInput if the same key comes with different content.
+        `content_sha256` names the blob holding what was contributed; `withheld` the tensors the
+        sender left out of it (needed to fold it again after a restart); cohort size and bytes
+        are kept for reports. WrongState if the round is not open, or the participant already
+        contributed under another key; InvalidInput if the same key comes with different content.
         """
+        if cohort_size < 1 or bytes_received < 0 or float32_bytes < 0:
+            raise InvalidInput(
+                f"a contribution needs a cohort of at least one and byte counts not below zero, "
+                f"{participant} gave {cohort_size}, {bytes_received}, {float32_bytes}"
+            )
         check_sha256("content", content_sha256)
         if not participant or not idempotency_key:
             raise InvalidInput("a contribution needs a participant and an idempotency key")
@@ -296,8 +347,20 @@ class TierState:
                 return Recorded(new=False, contribution=earlier)
             db.execute(
                 "INSERT INTO participants (round, participant, idempotency_key, content_sha256, "
-                "example_count, outcome, recorded_at) VALUES (?, ?, ?, ?, ?, 'accepted', ?)",
-                (round_number, participant, idempotency_key, content_sha256, example_count, self._clock()),
+                "example_count, cohort_size, bytes_received, float32_bytes, withheld, outcome, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?)",
+                (
+                    round_number,
+                    participant,
+                    idempotency_key,
+                    content_sha256,
+                    example_count,
+                    cohort_size,
+                    bytes_received,
+                    float32_bytes,
+                    json.dumps(list(withheld)),
+                    self._clock(),
+                ),
             )
             row = db.execute(
                 CONTRIBUTION_COLUMNS + "AND round = ? AND participant = ?", (round_number, participant)

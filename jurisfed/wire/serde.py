@@ -7,24 +7,39 @@ Tensor values themselves travel through `jurisfed.wire.chunks`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import re
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 from jurisfed.auth.signatures import MAX_SIGNATURE_BYTES
-from jurisfed.errors import InvalidInput
+from jurisfed.config import config_from_mapping
+from jurisfed.eligibility import DropoutReason, ExclusionReason
+from jurisfed.errors import ConfigError, InvalidInput
+from jurisfed.policy.canonical import canonical_json
+from jurisfed.round_plan import RoundPlan
 from jurisfed.rounds import (
     MAX_EXAMPLES_PER_SILO,
     MAX_IDEMPOTENCY_KEY_CHARS,
     UPSTREAM_COMPRESSIONS,
     AggregateHeader,
+    CheckResult,
     Contribution,
+    ExclusionNotice,
+    LeftOutEntry,
+    ParticipantEntry,
+    PlanProgress,
     Refusal,
     Rejection,
+    RollbackEntry,
     RoundAnnouncement,
+    RoundEntry,
+    RoundHistory,
     RoundState,
     RoundSummary,
     TrainingConfig,
@@ -49,6 +64,12 @@ _POLICY_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _LOCATION = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _MAX_WITHHELD = 1024
 _MAX_TRACEPARENT = 128
+# A round contract is a few kilobytes of canonical JSON; a round plan sent by an operator too.
+MAX_CONTRACT_BYTES = 64 * 1024
+MAX_PLAN_BYTES = 64 * 1024
+_MAX_CONTRACT_SIGNATURE_BYTES = 128
+_EXCLUSION_CODES = frozenset(reason.value for reason in ExclusionReason)
+_DROPOUT_CODES = frozenset(reason.value for reason in DropoutReason)
 
 
 # --- Model description -------------------------------------------------------------------
@@ -133,7 +154,12 @@ def round_announcement_to_proto(announcement: RoundAnnouncement) -> rounds_pb2.R
         global_location=announcement.global_location,
         upstream_compression=announcement.upstream_compression,
         traceparent=announcement.traceparent,
+        contract=announcement.contract,
+        contract_signature=announcement.contract_signature,
     )
+    if announcement.exclusion is not None:
+        message.exclusion.code = announcement.exclusion.code
+        message.exclusion.reason = announcement.exclusion.reason
     if announcement.model_spec is not None:
         message.model_spec.CopyFrom(model_spec_to_proto(announcement.model_spec))
     if announcement.training is not None:
@@ -149,10 +175,27 @@ def round_announcement_from_proto(message: rounds_pb2.RoundAnnouncement) -> Roun
     deadline_in_s = _finite(where, "deadline_in_s", message.deadline_in_s)
     has_spec, has_training = message.HasField("model_spec"), message.HasField("training")
     if state is not RoundState.OPEN:
-        if has_spec or has_training:
-            raise InvalidInput(f"{where}: a {state.value} round carries no model_spec or training")
+        if has_spec or has_training or message.contract or message.contract_signature:
+            raise InvalidInput(f"{where}: a {state.value} round carries no model_spec, training or contract")
         round_number = _at_least(where, "round", message.round, 0)
-        return RoundAnnouncement(state, round_number, None, None, deadline_in_s, message.base_model_sha256)
+        exclusion = None
+        if message.HasField("exclusion"):
+            if state is not RoundState.WAITING:
+                raise InvalidInput(f"{where}: only a waiting answer tells a silo why it is excluded")
+            exclusion = _exclusion(where, message.exclusion)
+        return RoundAnnouncement(
+            state, round_number, None, None, deadline_in_s, message.base_model_sha256, exclusion=exclusion
+        )
+    if message.HasField("exclusion"):
+        raise InvalidInput(f"{where}: an open round is not an exclusion")
+    if len(message.contract) > MAX_CONTRACT_BYTES or len(message.contract_signature) > (
+        _MAX_CONTRACT_SIGNATURE_BYTES
+    ):
+        raise InvalidInput(
+            f"{where}: the contract may take {MAX_CONTRACT_BYTES} bytes and its signature "
+            f"{_MAX_CONTRACT_SIGNATURE_BYTES}; got {len(message.contract)} and "
+            f"{len(message.contract_signature)}"
+        )
     if not (has_spec and has_training):
         raise InvalidInput(f"{where}: an open round must carry model_spec and training")
     if not _SHA256_HEX.fullmatch(message.base_model_sha256):
@@ -170,7 +213,18 @@ def round_announcement_from_proto(message: rounds_pb2.RoundAnnouncement) -> Roun
         global_location=_location(where, message.global_location),
         upstream_compression=_compression(where, "upstream_compression", message.upstream_compression),
         traceparent=_traceparent(where, message.traceparent),
+        contract=bytes(message.contract),
+        contract_signature=bytes(message.contract_signature),
     )
+
+
+def _exclusion(where: str, message: rounds_pb2.Exclusion) -> ExclusionNotice:
+    if message.code not in _EXCLUSION_CODES:
+        raise InvalidInput(
+            f"{where}: exclusion code must be one of {', '.join(sorted(_EXCLUSION_CODES))}, "
+            f"got {message.code[:40]!r}"
+        )
+    return ExclusionNotice(message.code, message.reason[:1000])
 
 
 # --- Contributions -----------------------------------------------------------------------
@@ -307,6 +361,204 @@ def round_summary_from_proto(message: rounds_pb2.RoundSummary) -> RoundSummary:
         wall_time_s=_finite(where, "wall_time_s", message.wall_time_s, minimum=0.0),
         model_sha256=message.model_sha256,
         rejections=tuple(rejection_from_proto(r) for r in message.rejections),
+    )
+
+
+# --- Round plans and history ------------------------------------------------------------
+
+
+def round_plan_to_json(plan: RoundPlan) -> bytes:
+    """The plan as canonical JSON, every key written out: what `round start` sends the global."""
+    return canonical_json(_plain(plan))
+
+
+def round_plan_from_json(data: bytes) -> RoundPlan:
+    """The plan an operator sent; InvalidInput naming the key when it is not a valid plan."""
+    if len(data) > MAX_PLAN_BYTES:
+        raise InvalidInput(f"round plan: {len(data)} bytes, at most {MAX_PLAN_BYTES}")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidInput(f"round plan is not UTF-8 JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise InvalidInput("round plan must be a JSON object")
+    try:
+        return config_from_mapping(RoundPlan, raw)
+    except ConfigError as error:
+        raise InvalidInput(f"round plan is invalid: {error}") from None
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def plan_progress_to_proto(plan: PlanProgress) -> global_pb2.PlanRecord:
+    return global_pb2.PlanRecord(
+        name=plan.name,
+        first_round=plan.first_round,
+        last_round=plan.last_round,
+        status=plan.status,
+        reason=plan.reason,
+    )
+
+
+def plan_progress_from_proto(message: global_pb2.PlanRecord) -> PlanProgress:
+    where = "plan"
+    first = _at_least(where, "first_round", message.first_round, 1)
+    return PlanProgress(
+        message.name,
+        first,
+        _at_least(where, "last_round", message.last_round, first),
+        message.status,
+        message.reason,
+    )
+
+
+def left_out_to_proto(entry: LeftOutEntry) -> rounds_pb2.LeftOut:
+    return rounds_pb2.LeftOut(
+        round=entry.round,
+        participant=entry.participant,
+        dropout=entry.dropout,
+        code=entry.code,
+        detail=entry.detail,
+    )
+
+
+def left_out_from_proto(message: rounds_pb2.LeftOut) -> LeftOutEntry:
+    where = "left out"
+    codes = _DROPOUT_CODES if message.dropout else _EXCLUSION_CODES
+    if message.code not in codes:
+        raise InvalidInput(
+            f"{where}: {message.code[:40]!r} is not a reason code ({', '.join(sorted(codes))})"
+        )
+    return LeftOutEntry(
+        _at_least(where, "round", message.round, 1),
+        message.participant,
+        message.dropout,
+        message.code,
+        message.detail,
+    )
+
+
+def check_to_proto(check: CheckResult) -> rounds_pb2.Check:
+    message = rounds_pb2.Check(name=check.name, sentence=check.sentence)
+    if check.value is not None:
+        message.value = check.value
+    if check.threshold is not None:
+        message.threshold = check.threshold
+    if check.passed is not None:
+        message.passed = check.passed
+    return message
+
+
+def check_from_proto(message: rounds_pb2.Check) -> CheckResult:
+    return CheckResult(
+        name=message.name,
+        value=message.value if message.HasField("value") else None,
+        sentence=message.sentence,
+        threshold=message.threshold if message.HasField("threshold") else None,
+        passed=message.passed if message.HasField("passed") else None,
+    )
+
+
+def round_entry_to_proto(entry: RoundEntry) -> global_pb2.RoundRecord:
+    return global_pb2.RoundRecord(
+        round=entry.round,
+        state=entry.state,
+        reason=entry.reason,
+        contract_sha256=entry.contract_sha256,
+        base_sha256=entry.base_sha256,
+        model_sha256=entry.model_sha256,
+        opened_at=entry.opened_at,
+        closed_at=entry.closed_at or 0.0,
+        participants=[
+            global_pb2.RoundParticipant(
+                participant=p.participant,
+                example_count=p.example_count,
+                cohort_size=p.cohort_size,
+                bytes_received=p.bytes_received,
+                float32_bytes=p.float32_bytes,
+                content_sha256=p.content_sha256,
+                withheld=p.withheld,
+            )
+            for p in entry.participants
+        ],
+        refusals=[
+            global_pb2.RoundRefusal(participant=r.sender, code=r.code, detail=r.reason)
+            for r in entry.refusals
+        ],
+        checks=[check_to_proto(c) for c in entry.checks],
+        left_out=[left_out_to_proto(e) for e in entry.left_out],
+    )
+
+
+def round_entry_from_proto(message: global_pb2.RoundRecord) -> RoundEntry:
+    where = "round record"
+    return RoundEntry(
+        round=_at_least(where, "round", message.round, 1),
+        state=message.state,
+        reason=message.reason,
+        contract_sha256=message.contract_sha256,
+        base_sha256=message.base_sha256,
+        model_sha256=message.model_sha256,
+        opened_at=_finite(where, "opened_at", message.opened_at, minimum=0.0),
+        closed_at=_finite(where, "closed_at", message.closed_at, minimum=0.0) or None,
+        participants=tuple(
+            ParticipantEntry(
+                p.participant,
+                _at_least(where, "example_count", p.example_count, 0),
+                _at_least(where, "cohort_size", p.cohort_size, 0),
+                _at_least(where, "bytes_received", p.bytes_received, 0),
+                _at_least(where, "float32_bytes", p.float32_bytes, 0),
+                p.content_sha256,
+                tuple(p.withheld),
+            )
+            for p in message.participants
+        ),
+        refusals=tuple(Rejection(r.participant, r.code, r.detail) for r in message.refusals),
+        checks=tuple(check_from_proto(c) for c in message.checks),
+        left_out=tuple(left_out_from_proto(e) for e in message.left_out),
+    )
+
+
+def round_history_to_proto(history: RoundHistory) -> global_pb2.RoundHistory:
+    return global_pb2.RoundHistory(
+        rounds=[round_entry_to_proto(r) for r in history.rounds],
+        plans=[plan_progress_to_proto(p) for p in history.plans],
+        rollbacks=[
+            global_pb2.RollbackRecord(
+                from_version=-1 if r.from_version is None else r.from_version,
+                to_version=r.to_version,
+                reason=r.reason,
+                rolled_back_at=r.rolled_back_at,
+            )
+            for r in history.rollbacks
+        ],
+        head_version=-1 if history.head_version is None else history.head_version,
+        head_sha256=history.head_sha256,
+    )
+
+
+def round_history_from_proto(message: global_pb2.RoundHistory) -> RoundHistory:
+    where = "round history"
+    return RoundHistory(
+        rounds=tuple(round_entry_from_proto(r) for r in message.rounds),
+        plans=tuple(plan_progress_from_proto(p) for p in message.plans),
+        rollbacks=tuple(
+            RollbackEntry(
+                None if r.from_version < 0 else r.from_version,
+                _at_least(where, "to_version", r.to_version, 0),
+                r.reason,
+                _finite(where, "rolled_back_at", r.rolled_back_at, minimum=0.0),
+            )
+            for r in message.rollbacks
+        ),
+        head_version=None if message.head_version < 0 else message.head_version,
+        head_sha256=message.head_sha256,
     )
 
 

@@ -4,19 +4,21 @@ mean of what they sent, written as a checkpoint whose hash the next round announ
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
-from global_agg.coordinator import GlobalCoordinator, RoundPlan
+from global_agg.acceptance import Acceptance
+from global_agg.coordinator import BLOB_DIR, STATE_FILE, GlobalCoordinator, Schedule
+from global_agg.plans import ContractIssuer, plan_from_settings
 from global_agg.servicer import global_service
 from jurisfed.audit.sink import MemoryAuditSink
 from jurisfed.auth.identity import Identity, Tier
@@ -27,8 +29,9 @@ from jurisfed.policy.loader import read_policy
 from jurisfed.rounds import TrainingConfig
 from jurisfed.rpc.channel import open_channel
 from jurisfed.rpc.server import serve
-from jurisfed.store.checkpoints import CheckpointStore
-from jurisfed.tensors import ModelSpec, TensorSpec, Weights, add, weights_sha256
+from jurisfed.store.blobs import BlobStore
+from jurisfed.store.tier_state import TierState
+from jurisfed.tensors import ModelSpec, TensorSpec, Weights, weights_sha256
 from jurisfed.wire.chunks import encode_tensors
 from jurisfed.wire.models import receive_model
 from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, rounds_pb2, tensors_pb2
@@ -39,14 +42,14 @@ _RNG = np.random.default_rng(0)
 INITIAL: Weights = {t.name: _RNG.standard_normal(t.shape).astype(np.float32) for t in SPEC.tensors}
 INITIAL_SHA256 = weights_sha256(SPEC, INITIAL)
 TRAINING = TrainingConfig(epochs=1, batch_size=4, learning_rate=0.05, proximal_mu=0.0)
-PLAN = RoundPlan(
-    rounds=1,
-    round_deadline_s=30.0,  # tests that need the deadline to pass shorten it
-    expected_jurisdictions=1,
-    start_timeout_s=5.0,
-    min_jurisdictions=1,
-    training=TRAINING,
-)
+# The settings of the plan and schedule each test's global runs, which tests change.
+SETTINGS = {
+    "rounds": 1,
+    "round_deadline_s": 30.0,  # tests that need the deadline to pass shorten it
+    "expected_jurisdictions": 1,
+    "start_timeout_s": 5.0,
+    "min_jurisdictions": 1,
+}
 CALL_TIMEOUT_S = 10.0
 MEMBERS = ("EU", "IN", "US")
 # What each example policy's regional attests it enforced (the sha256 of the policy's canonical form).
@@ -57,12 +60,29 @@ Stub = global_pb2_grpc.GlobalAggregatorStub
 SIGNERS: weakref.WeakKeyDictionary[Stub, ContentSigner] = weakref.WeakKeyDictionary()
 
 
-class Federation:
-    """A global aggregator served over mTLS, its round loop and its checkpoint store."""
+class Checkpoints:
+    """The global's committed checkpoints, read from its state directory."""
 
-    def __init__(self, pki: Path, tmp: Path, coordinator: GlobalCoordinator, store: CheckpointStore) -> None:
+    def __init__(self, state_dir: Path) -> None:
+        self._state = TierState(state_dir / STATE_FILE)
+        self._blobs = BlobStore(state_dir / BLOB_DIR)
+
+    def versions(self) -> list[int]:
+        return [c.version for c in self._state.checkpoints()]
+
+    def sha256(self, version: int) -> str:
+        return self._state.checkpoint(version).blob_sha256
+
+    def load(self, version: int) -> Weights:
+        return self._blobs.get_weights(self.sha256(version), SPEC)
+
+
+class Federation:
+    """A global aggregator served over mTLS, its round loop and its checkpoints."""
+
+    def __init__(self, pki: Path, tmp: Path, coordinator: GlobalCoordinator, state_dir: Path) -> None:
         self._pki, self._tmp = pki, tmp
-        self.coordinator, self.store = coordinator, store
+        self.coordinator, self.store = coordinator, Checkpoints(state_dir)
         self.address = ""
         self.stop = threading.Event()
         self._rounds: threading.Thread | None = None
@@ -110,26 +130,37 @@ StartGlobal = Callable[..., Federation]
 def start_global(
     pki: Path, tmp_path: Path, example_guard: Callable[[str, Identity, MemoryAuditSink], PolicyGuard]
 ) -> Iterator[StartGlobal]:
-    """Serve a global aggregator whose RoundPlan is PLAN with the given changes, under the
-    example policies (global hosted in ch-zurich; members EU, IN, US)."""
+    """Serve a global aggregator running the plan SETTINGS with the given changes describe,
+    under the example policies (global hosted in ch-zurich; members EU, IN, US)."""
     with ExitStack() as stack:
 
-        def start(store: CheckpointStore | None = None, **changes: object) -> Federation:
+        def start(state_dir: Path | None = None, **changes: Any) -> Federation:
             identity = Identity("GLOBAL", Tier.GLOBAL, "global")
             tls = issue(pki, identity, tmp_path / "global-tls")
-            store = store or CheckpointStore(tmp_path / "checkpoints")
+            state_dir = state_dir or tmp_path / "state"
+            settings = {**SETTINGS, **changes}
             audit = MemoryAuditSink()
             coordinator = GlobalCoordinator(
                 identity,
                 SPEC,
                 INITIAL,
-                store,
-                dataclasses.replace(PLAN, **changes),
+                state_dir,
+                Schedule(settings["expected_jurisdictions"], settings["start_timeout_s"]),
+                issuer=ContractIssuer.open(state_dir, None),
+                acceptance=Acceptance(None, None),
                 audit=audit,
                 guard=example_guard("GLOBAL", identity, audit),
                 members={j: example_guard(j, identity, audit) for j in MEMBERS},
+                initial_plan=plan_from_settings(
+                    rounds=settings["rounds"],
+                    round_deadline_s=settings["round_deadline_s"],
+                    min_jurisdictions=settings["min_jurisdictions"],
+                    training=TRAINING,
+                    compression="int8",
+                    jurisdictions=MEMBERS,
+                ),
             )
-            federation = Federation(pki, tmp_path, coordinator, store)
+            federation = Federation(pki, tmp_path, coordinator, state_dir)
             server = stack.enter_context(serve([global_service(coordinator)], tls))
             server.set_serving(True)
             federation.address = server.address
@@ -215,7 +246,7 @@ def test_the_committed_model_is_the_base_plus_the_example_weighted_mean_of_the_i
     assert first.base_model_sha256 == INITIAL_SHA256
     assert [t.name for t in first.model_spec.tensors] == ["dense/kernel", "dense/bias"]
     assert (first.training.epochs, first.training.batch_size) == (1, 4)
-    assert 0 < first.deadline_in_s <= PLAN.round_deadline_s
+    assert 0 < first.deadline_in_s <= SETTINGS["round_deadline_s"]
     base = fetch(us, first)
     np.testing.assert_array_equal(base["dense/kernel"], INITIAL["dense/kernel"])
 
@@ -226,8 +257,8 @@ def test_the_committed_model_is_the_base_plus_the_example_weighted_mean_of_the_i
     second = wait_for_round(eu, after_round=1)
     assert (second.state, second.round) == (rounds_pb2.ROUND_STATE_OPEN, 2)
     assert federation.store.versions() == [0, 1]
-    assert second.base_model_sha256 == federation.store.info(1).sha256
-    committed = federation.store.load(1, SPEC)
+    assert second.base_model_sha256 == federation.store.sha256(1)
+    committed = federation.store.load(1)
     step = one_step(eu_delta, us_delta)
     for name in committed:
         expected = INITIAL[name] + (300 * eu_delta[name] + 100 * us_delta[name]) / 400
@@ -311,16 +342,23 @@ def test_after_the_planned_rounds_the_federation_is_finished(start_global: Start
 def test_a_restarted_global_goes_on_after_its_newest_checkpoint(
     start_global: StartGlobal, tmp_path: Path
 ) -> None:
-    store = CheckpointStore(tmp_path / "checkpoints")
-    store.save(0, SPEC, INITIAL)
-    info = store.save(1, SPEC, add(INITIAL, constant_delta(0.5)))  # what the previous run committed
-    federation = start_global(store=store, rounds=3)
-    eu = federation.regional("EU")
-    federation.start_rounds()
+    first = start_global(rounds=3)
+    eu = first.regional("EU")
+    first.start_rounds()
+    wait_for_round(eu, after_round=0)
+    submit(eu, 1, constant_delta(0.5), examples=10, key="eu-1")
+    assert wait_for_round(eu, after_round=1).round == 2
+    first.close()  # stopped while round 2 is open: it stays open on disk
 
-    announcement = wait_for_round(eu, after_round=0)
-    assert announcement.base_model_sha256 == info.sha256
-    assert announcement.round == 2
+    again = start_global(rounds=3)  # the same state directory: the regional need not register again
+    eu = again.stub(Identity("EU", Tier.REGIONAL, "regional-eu"))
+    again.start_rounds()
+    resumed = wait_for_round(eu, after_round=1)
+    assert (resumed.round, resumed.base_model_sha256) == (2, again.store.sha256(1))
+    submit(eu, 2, constant_delta(0.25), examples=10, key="eu-2")
+    assert wait_for_round(eu, after_round=2).round == 3
+    assert again.store.versions() == [0, 1, 2]
+    np.testing.assert_allclose(again.store.load(2)["dense/bias"], INITIAL["dense/bias"] + 0.75, atol=0.01)
 
 
 # --- aggregates ----------------------------------------------------------------------------
@@ -360,7 +398,7 @@ def test_a_resubmitted_aggregate_counts_once(start_global: StartGlobal) -> None:
     submit(us, 1, constant_delta(3.0), examples=100, key="us-round-1", jurisdiction="US")
     assert wait_for_round(eu, after_round=1).state == rounds_pb2.ROUND_STATE_FINISHED
 
-    committed = federation.store.load(1, SPEC)
+    committed = federation.store.load(1)
     # Counted once: (1 + 3) / 2 = 2; counted twice it would be (1 + 1 + 3) / 3.
     np.testing.assert_allclose(committed["dense/bias"], INITIAL["dense/bias"] + 2.0, atol=1e-5)
     status = federation.status()
@@ -381,10 +419,13 @@ def test_a_second_different_aggregate_from_a_jurisdiction_is_refused(start_globa
     submit(us, 1, constant_delta(3.0), examples=100, key="us-a", jurisdiction="US")
     wait_for_round(eu, after_round=1)
 
-    committed = federation.store.load(1, SPEC)
+    committed = federation.store.load(1)
     np.testing.assert_allclose(committed["dense/bias"], INITIAL["dense/bias"] + 2.0, atol=1e-5)
     [summary] = federation.status().rounds
-    assert [(r.sender, r.code) for r in summary.rejections] == [("EU", "FAILED_PRECONDITION")]
+    # The refusal is recorded with its reason code and what the regional was told.
+    assert [(r.sender, r.code, r.reason) for r in summary.rejections] == [
+        ("EU", "update_refused", "EU already contributed to round 1")
+    ]
 
 
 # --- who may do what -----------------------------------------------------------------------
@@ -463,7 +504,7 @@ def test_status_needs_an_operator_and_reports_rounds_and_contributions(start_glo
     [summary] = status.rounds
     assert (summary.round, summary.outcome, list(summary.participants)) == (1, "committed", ["EU", "US"])
     assert summary.example_total == 400
-    assert summary.model_sha256 == federation.store.info(1).sha256
+    assert summary.model_sha256 == federation.store.sha256(1)
     assert summary.float32_bytes_equivalent == 2 * SPEC.float32_bytes
     contributions = {c.jurisdiction: c for c in status.contributions}
     assert [(c.round, c.cohort_size, c.example_total) for c in contributions.values()] == [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,12 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jurisfed.audit.events import AuditRecord, EventKind
+from jurisfed.audit.events import AuditEvent, AuditRecord, EventKind
+from jurisfed.audit.keys import load_signing_key
+from jurisfed.audit.log import AuditLog
+from jurisfed.auth.identity import Identity, Tier
 from jurisfed.demo.partition import DEFAULT_ALPHA
 from jurisfed.demo.runner import DEFAULT_POLICIES as EXAMPLE_POLICIES
 from jurisfed.demo.runner import DemoSettings, run_demo
 from jurisfed.modeling.mlp import DIGITS_MLP
-from jurisfed.store.checkpoints import CheckpointStore
+from jurisfed.store.blobs import BlobStore
+from jurisfed.store.tier_state import TierState
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +57,11 @@ def test_two_jurisdictions_two_silos_two_rounds_train_the_model(
     assert all(r.jurisdictions == ("EU", "US") for r in results.rounds)
 
     spec = DIGITS_MLP.spec()
-    checkpoints = CheckpointStore(settings.out_dir / "global" / "checkpoints")
-    assert checkpoints.versions() == [0, 1, 2]
-    initial, final = checkpoints.load(0, spec), checkpoints.load(2, spec)
+    state = TierState(settings.out_dir / "global" / "state.sqlite")
+    blobs = BlobStore(settings.out_dir / "global" / "blobs")
+    checkpoints = state.checkpoints()
+    assert [c.version for c in checkpoints] == [0, 1, 2]
+    initial, final = (blobs.get_weights(checkpoints[v].blob_sha256, spec) for v in (0, 2))
     assert any(not np.array_equal(initial[name], final[name]) for name in initial)
 
     with np.load(settings.out_dir / "data" / "test.npz") as test:
@@ -64,8 +71,8 @@ def test_two_jurisdictions_two_silos_two_rounds_train_the_model(
     assert results.rounds[-1].global_accuracy > results.rounds[0].global_accuracy
 
     for jurisdiction in ("EU", "US"):
-        personalized = CheckpointStore(settings.out_dir / f"regional-{jurisdiction}" / "personalized")
-        assert personalized.versions() == [1, 2]
+        personalized = TierState(settings.out_dir / f"regional-{jurisdiction}" / "state.sqlite")
+        assert [c.version for c in personalized.checkpoints()] == [1, 2]
 
     # Only compressed aggregates crossed to the global: int8 is a quarter of float32 plus framing.
     last = results.rounds[-1]
@@ -122,6 +129,60 @@ def test_two_jurisdictions_two_silos_two_rounds_train_the_model(
     kinds = [AuditRecord.from_line(line).event.kind for line in log_lines]
     assert kinds.count(EventKind.COMMIT) == 2
     assert kinds.count(EventKind.AGGREGATE_RECEIVED) == 4
+
+
+def _verify(log: Path, *witnesses: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "jurisfed", "audit", "verify", str(log)]
+    for witness in witnesses:
+        command += ["--witness", str(witness)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_forked_or_truncated_regional_log_is_caught_by_the_globals_witness_record(
+    tmp_path: Path, signed_policy_set: Callable[[Path, dict[str, Callable[[str], str]]], Path]
+) -> None:
+    policies = signed_policy_set(tmp_path / "policies", {"eu.yaml": _two_silo_cohorts})
+    settings = DemoSettings(
+        out_dir=tmp_path / "run",
+        rounds=1,
+        jurisdictions=("EU",),
+        silos_per_jurisdiction=2,
+        alpha=DEFAULT_ALPHA,
+        seed=2,
+        round_deadline_s=120.0,
+        start_timeout_s=300.0,
+        policies=policies,
+    )
+    run_demo(settings, lambda line: None)
+    out = settings.out_dir
+    eu_log, global_witness = out / "regional-EU" / "audit.log.jsonl", out / "global" / "witness.jsonl"
+    regional_witness = out / "regional-EU" / "witness.jsonl"
+    # Each side holds the other's newest checkpoint, and both logs agree with it.
+    assert _verify(eu_log, global_witness).returncode == 0
+    assert _verify(out / "global" / "audit.log.jsonl", regional_witness).returncode == 0
+
+    # A fork: the EU log rewritten from scratch with EU's own key. On its own it verifies ...
+    eu = Identity("EU", Tier.REGIONAL, "regional-eu")
+    key = load_signing_key(out / "pki" / "EU-regional-regional-eu" / "audit" / "audit.key")
+    witnessed = len(eu_log.read_bytes().splitlines())
+    forked = tmp_path / "forked" / "audit.log.jsonl"
+    forked.parent.mkdir()
+    rewritten = AuditLog.open(forked, eu, key)
+    for _ in range(witnessed + 2):
+        rewritten.record(AuditEvent(kind=EventKind.KEY_CHANGE, actor=eu, jurisdiction="EU"))
+    rewritten.close()
+    shutil.copy(out / "regional-EU" / "audit.log.jsonl.pub", forked.parent / "audit.log.jsonl.pub")
+    assert _verify(forked).returncode == 0
+    # ... but not against what the global witnessed.
+    caught = _verify(forked, global_witness)
+    assert caught.returncode == 1, caught.stdout + caught.stderr
+    assert "witness" in (caught.stdout + caught.stderr).lower()
+
+    # Truncation: the tail of the EU log dropped after the global witnessed it.
+    lines = eu_log.read_bytes().splitlines(keepends=True)
+    eu_log.write_bytes(b"".join(lines[: len(lines) // 2]))
+    truncated = _verify(eu_log, global_witness)
+    assert truncated.returncode == 1, truncated.stdout + truncated.stderr
 
 
 def test_the_demo_refuses_to_clear_a_directory_it_did_not_make(tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from global_agg.coordinator import GlobalCoordinator, RoundPlan
+from global_agg.acceptance import Acceptance
+from global_agg.coordinator import GlobalCoordinator, Schedule
+from global_agg.plans import ContractIssuer, plan_from_settings
 from global_agg.servicer import global_service
 from jurisfed.audit.sink import MemoryAuditSink
 from jurisfed.auth.identity import Identity, Tier
@@ -21,19 +23,18 @@ from jurisfed.policy.guard import PolicyGuard
 from jurisfed.rounds import TrainingConfig
 from jurisfed.rpc.channel import open_channel
 from jurisfed.rpc.server import serve
-from jurisfed.store.checkpoints import CheckpointStore
 from jurisfed.tensors import ModelSpec, TensorSpec
 from jurisfed.wire.chunks import encode_tensors
 from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, rounds_pb2, tensors_pb2
 
 SPEC = ModelSpec("test", (TensorSpec("dense/kernel", (8, 4)), TensorSpec("dense/bias", (4,))))
-PLAN = RoundPlan(
+PLAN = plan_from_settings(
     rounds=1,
     round_deadline_s=30.0,
-    expected_jurisdictions=1,
-    start_timeout_s=10.0,
     min_jurisdictions=1,
     training=TrainingConfig(),
+    compression="int8",
+    jurisdictions=("EU",),
 )
 
 
@@ -44,18 +45,20 @@ def finished_federation(
     """A global that ran one round, committed with the EU aggregate; yields its address."""
     initial = {t.name: np.zeros(t.shape, dtype=np.float32) for t in SPEC.tensors}
     identity = Identity("GLOBAL", Tier.GLOBAL, "global-1")
-    store = CheckpointStore(tmp_path / "checkpoints")
     audit = MemoryAuditSink()
     eu_guard = example_guard("EU", identity, audit)
     coordinator = GlobalCoordinator(
         identity,
         SPEC,
         initial,
-        store,
-        PLAN,
+        tmp_path / "state",
+        Schedule(expected_jurisdictions=1, start_timeout_s=10.0),
+        issuer=ContractIssuer.open(tmp_path / "state", None),
+        acceptance=Acceptance(None, None),
         audit=audit,
         guard=example_guard("GLOBAL", identity, audit),
         members={"EU": eu_guard},
+        initial_plan=PLAN,
     )
     tls = issue(pki, identity, tmp_path / "global")
     stop = threading.Event()
@@ -85,9 +88,15 @@ def finished_federation(
             messages = [global_pb2.AggregateMessage(header=header)]
             messages += [global_pb2.AggregateMessage(chunk=c) for c in chunks]
             eu.SubmitAggregate(iter(messages), timeout=10)
-        rounds.join(timeout=30)
+            wait_until_finished(eu)
         yield server.address
         stop.set()
+        rounds.join(timeout=10)
+
+
+def wait_until_finished(regional: global_pb2_grpc.GlobalAggregatorStub) -> None:
+    request = rounds_pb2.WaitForRoundRequest(after_round=1, max_wait_s=20)
+    assert regional.WaitForRound(request, timeout=25).state == rounds_pb2.ROUND_STATE_FINISHED
 
 
 def operator_args(pki: Path, tmp_path: Path, tier: Tier = Tier.OPERATOR) -> list[str]:

@@ -3,7 +3,6 @@ nothing of it reaches the aggregate, and the round goes on with the honest silos
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,11 +20,11 @@ from jurisfed.policy.guard import PolicyGuard
 from jurisfed.rounds import TrainingConfig
 from jurisfed.rpc.channel import open_channel
 from jurisfed.rpc.server import serve
-from jurisfed.store.checkpoints import CheckpointStore
 from jurisfed.tensors import ModelSpec, TensorSpec, Weights
 from jurisfed.wire.chunks import encode_tensors
 from jurisfed.wire.v1 import regional_pb2, regional_pb2_grpc, rounds_pb2, tensors_pb2
 from regional.aggregator import RegionalAggregator
+from regional.local_round import RoundTerms
 from regional.servicer import regional_service
 
 SPEC = ModelSpec("test", (TensorSpec("dense/kernel", (300, 7)), TensorSpec("dense/bias", (7,))))
@@ -35,6 +34,8 @@ SIGNERS: weakref.WeakKeyDictionary[regional_pb2_grpc.RegionalAggregatorStub, Con
     weakref.WeakKeyDictionary()
 )
 DEADLINE_S = 30.0
+# A contract whose terms are the defaults: every registered silo may take part.
+TERMS = RoundTerms(contract_sha256="c0" * 32)
 
 
 class Federation:
@@ -76,7 +77,7 @@ def federation(
     audit = MemoryAuditSink()
     aggregator = RegionalAggregator(
         identity,
-        CheckpointStore(tmp_path / "personalized"),
+        tmp_path / "state",
         min_silos=2,
         max_concurrent_uploads=4,
         audit=audit,
@@ -91,7 +92,7 @@ def federation(
 
 def open_round(aggregator: RegionalAggregator, base: Weights) -> None:
     aggregator.open_round(
-        ROUND, SPEC, TrainingConfig(epochs=1, batch_size=8, learning_rate=0.1), base, DEADLINE_S
+        ROUND, SPEC, TrainingConfig(epochs=1, batch_size=8, learning_rate=0.1), base, DEADLINE_S, terms=TERMS
     )
 
 
@@ -152,10 +153,8 @@ def corrupt(messages: list[regional_pb2.UpdateMessage], how: str) -> list[region
 
 
 def close_round(aggregator: RegionalAggregator) -> Weights | None:
-    """Close the open round now, as the upstream loop does when the process is told to stop."""
-    now = threading.Event()
-    now.set()
-    return aggregator.wait_for_close(now).mean_delta
+    """Close the open round now, whoever has contributed."""
+    return aggregator.close_now().mean_delta
 
 
 @pytest.mark.parametrize(
@@ -293,7 +292,7 @@ def test_an_unregistered_silo_cannot_submit(federation: Federation) -> None:
 def test_the_round_aborts_below_quorum_and_keeps_no_personalized_model(federation: Federation) -> None:
     silo = federation.silo("silo-a")
     federation.silo("silo-b")
-    federation.aggregator.open_round(ROUND, SPEC, TrainingConfig(), delta(0.0), 1.0)
+    federation.aggregator.open_round(ROUND, SPEC, TrainingConfig(), delta(0.0), 1.0, terms=TERMS)
     submit(silo, update(1.0))
     assert close_round(federation.aggregator) is None
     [summary] = federation.aggregator.history()

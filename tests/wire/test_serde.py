@@ -12,13 +12,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jurisfed.errors import InvalidInput
+from jurisfed.gates import GateConfig
+from jurisfed.round_plan import Cohort, RoundPlan
 from jurisfed.rounds import (
     MAX_EXAMPLES_PER_SILO,
     MAX_IDEMPOTENCY_KEY_CHARS,
     AggregateHeader,
+    CheckResult,
     Contribution,
+    ExclusionNotice,
+    LeftOutEntry,
+    ParticipantEntry,
+    PlanProgress,
     Rejection,
+    RollbackEntry,
     RoundAnnouncement,
+    RoundEntry,
+    RoundHistory,
     RoundState,
     RoundSummary,
     TrainingConfig,
@@ -103,6 +113,31 @@ def test_every_round_state_round_trips(state: RoundState) -> None:
         pytest.param(RoundAnnouncement(RoundState.WAITING, 0, None, None, 0.0, ""), id="waiting"),
         pytest.param(RoundAnnouncement(RoundState.FINISHED, 7, None, None, 0.0, ""), id="finished"),
         pytest.param(RoundAnnouncement(RoundState.OPEN, 3, SPEC, TRAINING, -0.25, SHA), id="deadline-passed"),
+        pytest.param(
+            RoundAnnouncement(
+                RoundState.OPEN,
+                3,
+                SPEC,
+                TRAINING,
+                9.5,
+                SHA,
+                contract=b'{"round":3}',
+                contract_signature=bytes(64),
+            ),
+            id="with-contract",
+        ),
+        pytest.param(
+            RoundAnnouncement(
+                RoundState.WAITING,
+                4,
+                None,
+                None,
+                0.0,
+                "",
+                exclusion=ExclusionNotice("stale", "fetch the model"),
+            ),
+            id="excluded",
+        ),
     ],
 )
 def test_round_announcement_round_trips(announcement: RoundAnnouncement) -> None:
@@ -327,7 +362,7 @@ def without(message: rounds_pb2.RoundAnnouncement, field: str) -> rounds_pb2.Rou
         (without(OPEN_MESSAGE, "training"), "an open round must carry model_spec and training"),
         (
             changed(OPEN_MESSAGE, state=rounds_pb2.ROUND_STATE_WAITING),
-            "a waiting round carries no model_spec or training",
+            "a waiting round carries no model_spec, training or contract",
         ),
         (changed(OPEN_MESSAGE, deadline_in_s=math.nan), "deadline_in_s must be a finite number, got nan"),
         (changed(OPEN_MESSAGE, base_model_sha256=""), "base_model_sha256 must be 64 lowercase hex digits"),
@@ -373,3 +408,72 @@ def test_an_invalid_round_summary_is_refused(message: rounds_pb2.RoundSummary, p
 def test_a_tensor_spec_the_wire_cannot_carry_is_a_local_error() -> None:
     with pytest.raises(ValueError, match="dtype float16"):
         serde.tensor_spec_to_proto(TensorSpec("w", (2,), "float16"))
+
+
+def test_an_exclusion_names_a_known_reason_and_comes_only_with_a_waiting_answer() -> None:
+    unknown = rounds_pb2.RoundAnnouncement(state=rounds_pb2.ROUND_STATE_WAITING, round=2)
+    unknown.exclusion.code = "too_tall"
+    with pytest.raises(InvalidInput, match="exclusion code must be one of"):
+        serde.round_announcement_from_proto(unknown)
+    finished = rounds_pb2.RoundAnnouncement(state=rounds_pb2.ROUND_STATE_FINISHED, round=2)
+    finished.exclusion.code = "stale"
+    with pytest.raises(InvalidInput, match="only a waiting answer tells a silo why it is excluded"):
+        serde.round_announcement_from_proto(finished)
+    oversized = serde.round_announcement_to_proto(OPEN)
+    oversized.contract = bytes(serde.MAX_CONTRACT_BYTES + 1)
+    with pytest.raises(InvalidInput, match="the contract may take"):
+        serde.round_announcement_from_proto(oversized)
+
+
+def test_a_round_plan_travels_as_canonical_json_and_reads_back_equal() -> None:
+    plan = RoundPlan(
+        name="ml-team",
+        rounds=4,
+        cohort=Cohort(jurisdictions=("EU", "US"), min_silos_per_jurisdiction=2),
+        gates=GateConfig(max_update_norm=3.0),
+    )
+    sent = serde.round_plan_to_json(plan)
+    assert serde.round_plan_from_json(sent) == plan
+    assert serde.round_plan_to_json(serde.round_plan_from_json(sent)) == sent
+    with pytest.raises(InvalidInput, match="round plan is invalid"):
+        serde.round_plan_from_json(sent.replace(b'"rounds":4', b'"rounds":0'))
+    with pytest.raises(InvalidInput, match="round plan is not UTF-8 JSON"):
+        serde.round_plan_from_json(b"rounds: 4")
+
+
+def test_a_round_history_round_trips() -> None:
+    history = RoundHistory(
+        rounds=(
+            RoundEntry(
+                round=2,
+                state="gate_failed",
+                reason="gate_failed: gates failed: update_norm ...",
+                contract_sha256=SHA,
+                base_sha256=SHA,
+                model_sha256=SHA,
+                opened_at=1_700_000_000.5,
+                closed_at=1_700_000_012.25,
+                participants=(ParticipantEntry("EU", 300, 5, 1234, 4096, SHA, ("head/bias",)),),
+                refusals=(Rejection("US", "late", "round 2 is closed"),),
+                checks=(
+                    CheckResult("update_norm", 40.0, "fails", 2.0, False),
+                    CheckResult("probe_accuracy", None, "not a number"),
+                ),
+                left_out=(
+                    LeftOutEntry(2, "US", True, "deadline_missed", "no aggregate"),
+                    LeftOutEntry(2, "IN", False, "stale", "last synced in round 0"),
+                ),
+            ),
+            RoundEntry(3, "open", "", SHA, SHA, SHA, 1_700_000_020.0, None),
+        ),
+        plans=(PlanProgress("demo", 1, 10, "aborted", "by operator ml-team"),),
+        rollbacks=(RollbackEntry(3, 1, "bad data", 1_700_000_030.0), RollbackEntry(None, 0, "first", 1.0)),
+        head_version=1,
+        head_sha256=SHA,
+    )
+    assert serde.round_history_from_proto(serde.round_history_to_proto(history)) == history
+    empty = RoundHistory((), (), (), None, "")
+    assert serde.round_history_from_proto(serde.round_history_to_proto(empty)) == empty
+    bad = serde.left_out_to_proto(LeftOutEntry(2, "US", True, "stale", "an exclusion code as a dropout"))
+    with pytest.raises(InvalidInput, match="is not a reason code"):
+        serde.left_out_from_proto(bad)

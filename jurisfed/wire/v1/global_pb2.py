@@ -17,7 +17,7 @@ from jurisfed.wire.v1 import rounds_pb2 as jurisfed_dot_v1_dot_rounds__pb2
 from jurisfed.wire.v1 import tensors_pb2 as jurisfed_dot_v1_dot_tensors__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jurisfed/v1/global.proto\x12\x0bjurisfed.v1\x1a\x18jurisfed/v1/rounds.proto\x1a\x19jurisfed/v1/tensors.proto\"/\n\x17RegisterRegionalRequest\x12\x14\n\x0c\x63ode_version\x18\x01 \x01(\t\"0\n\x18RegisterRegionalResponse\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\"\xc6\x01\n\x0f\x41ggregateHeader\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ohort_size\x18\x02 \x01(\x03\x12\x15\n\rexample_total\x18\x03 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x18\n\x10withheld_tensors\x18\x05 \x03(\t\x12\x15\n\rpolicy_sha256\x18\x06 \x01(\t\x12\x13\n\x0b\x63ompression\x18\x07 \x01(\t\x12\x19\n\x11\x63ontent_signature\x18\x08 \x01(\x0c\"u\n\x10\x41ggregateMessage\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.jurisfed.v1.AggregateHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.jurisfed.v1.TensorChunkH\x00\x42\x06\n\x04part\">\n\x17SubmitAggregateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\\\n\x13\x44\x65\x63lineRoundRequest\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x15\n\rpolicy_sha256\x18\x04 \x01(\t\"\x16\n\x14\x44\x65\x63lineRoundResponse\"\x18\n\x16GetGlobalStatusRequest\"\xf4\x01\n\x0cGlobalStatus\x12\x15\n\rcurrent_round\x18\x01 \x01(\x03\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.jurisfed.v1.RoundState\x12 \n\x18registered_jurisdictions\x18\x03 \x03(\t\x12)\n\x06rounds\x18\x04 \x03(\x0b\x32\x19.jurisfed.v1.RoundSummary\x12\x30\n\rcontributions\x18\x05 \x03(\x0b\x32\x19.jurisfed.v1.Contribution\x12&\n\x08refusals\x18\x06 \x03(\x0b\x32\x14.jurisfed.v1.Refusal\"\x99\x01\n\x0c\x43ontribution\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x14\n\x0cjurisdiction\x18\x02 \x01(\t\x12\x13\n\x0b\x63ohort_size\x18\x03 \x01(\x03\x12\x15\n\rexample_total\x18\x04 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x05 \x01(\x03\x12 \n\x18\x66loat32_bytes_equivalent\x18\x06 \x01(\x03\"O\n\x07Refusal\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x14\n\x0cjurisdiction\x18\x02 \x01(\t\x12\x0f\n\x07rule_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t2\x8b\x04\n\x10GlobalAggregator\x12_\n\x10RegisterRegional\x12$.jurisfed.v1.RegisterRegionalRequest\x1a%.jurisfed.v1.RegisterRegionalResponse\x12P\n\x0cWaitForRound\x12 .jurisfed.v1.WaitForRoundRequest\x1a\x1e.jurisfed.v1.RoundAnnouncement\x12H\n\nFetchModel\x12\x1e.jurisfed.v1.FetchModelRequest\x1a\x18.jurisfed.v1.TensorChunk0\x01\x12X\n\x0fSubmitAggregate\x12\x1d.jurisfed.v1.AggregateMessage\x1a$.jurisfed.v1.SubmitAggregateResponse(\x01\x12S\n\x0c\x44\x65\x63lineRound\x12 .jurisfed.v1.DeclineRoundRequest\x1a!.jurisfed.v1.DeclineRoundResponse\x12K\n\tGetStatus\x12#.jurisfed.v1.GetGlobalStatusRequest\x1a\x19.jurisfed.v1.GlobalStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jurisfed/v1/global.proto\x12\x0bjurisfed.v1\x1a\x18jurisfed/v1/rounds.proto\x1a\x19jurisfed/v1/tensors.proto\"/\n\x17RegisterRegionalRequest\x12\x14\n\x0c\x63ode_version\x18\x01 \x01(\t\"F\n\x18RegisterRegionalResponse\x12\x14\n\x0cjurisdiction\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontract_key\x18\x02 \x01(\x0c\"\xc6\x01\n\x0f\x41ggregateHeader\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x13\n\x0b\x63ohort_size\x18\x02 \x01(\x03\x12\x15\n\rexample_total\x18\x03 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x18\n\x10withheld_tensors\x18\x05 \x03(\t\x12\x15\n\rpolicy_sha256\x18\x06 \x01(\t\x12\x13\n\x0b\x63ompression\x18\x07 \x01(\t\x12\x19\n\x11\x63ontent_signature\x18\x08 \x01(\x0c\"u\n\x10\x41ggregateMessage\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.jurisfed.v1.AggregateHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.jurisfed.v1.TensorChunkH\x00\x42\x06\n\x04part\">\n\x17SubmitAggregateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\\\n\x13\x44\x65\x63lineRoundRequest\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x15\n\rpolicy_sha256\x18\x04 \x01(\t\"\x16\n\x14\x44\x65\x63lineRoundResponse\"\x18\n\x16GetGlobalStatusRequest\"\xc3\x02\n\x0cGlobalStatus\x12\x15\n\rcurrent_round\x18\x01 \x01(\x03\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.jurisfed.v1.RoundState\x12 \n\x18registered_jurisdictions\x18\x03 \x03(\t\x12)\n\x06rounds\x18\x04 \x03(\x0b\x32\x19.jurisfed.v1.RoundSummary\x12\x30\n\rcontributions\x18\x05 \x03(\x0b\x32\x19.jurisfed.v1.Contribution\x12&\n\x08refusals\x18\x06 \x03(\x0b\x32\x14.jurisfed.v1.Refusal\x12&\n\x08left_out\x18\x07 \x03(\x0b\x32\x14.jurisfed.v1.LeftOut\x12%\n\x04plan\x18\x08 \x01(\x0b\x32\x17.jurisfed.v1.PlanRecord\"\x99\x01\n\x0c\x43ontribution\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x14\n\x0cjurisdiction\x18\x02 \x01(\t\x12\x13\n\x0b\x63ohort_size\x18\x03 \x01(\x03\x12\x15\n\rexample_total\x18\x04 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x05 \x01(\x03\x12 \n\x18\x66loat32_bytes_equivalent\x18\x06 \x01(\x03\"O\n\x07Refusal\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x14\n\x0cjurisdiction\x18\x02 \x01(\t\x12\x0f\n\x07rule_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\" \n\x10StartPlanRequest\x12\x0c\n\x04plan\x18\x01 \x01(\x0c\":\n\x11StartPlanResponse\x12%\n\x04plan\x18\x01 \x01(\x0b\x32\x17.jurisfed.v1.PlanRecord\"#\n\x11\x41\x62ortRoundRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"J\n\x12\x41\x62ortRoundResponse\x12\r\n\x05round\x18\x01 \x01(\x03\x12%\n\x04plan\x18\x02 \x01(\x0b\x32\x17.jurisfed.v1.PlanRecord\"5\n\x0fRollbackRequest\x12\x12\n\nto_version\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"R\n\x10RollbackResponse\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x03\x12\x12\n\nto_version\x18\x02 \x01(\x03\x12\x14\n\x0cmodel_sha256\x18\x03 \x01(\t\"\x13\n\x11GetHistoryRequest\"\xbb\x01\n\x0cRoundHistory\x12(\n\x06rounds\x18\x01 \x03(\x0b\x32\x18.jurisfed.v1.RoundRecord\x12&\n\x05plans\x18\x02 \x03(\x0b\x32\x17.jurisfed.v1.PlanRecord\x12.\n\trollbacks\x18\x03 \x03(\x0b\x32\x1b.jurisfed.v1.RollbackRecord\x12\x14\n\x0chead_version\x18\x04 \x01(\x03\x12\x13\n\x0bhead_sha256\x18\x05 \x01(\t\"\xd3\x02\n\x0bRoundRecord\x12\r\n\x05round\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0f\x63ontract_sha256\x18\x04 \x01(\t\x12\x13\n\x0b\x62\x61se_sha256\x18\x05 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\t\x12\x11\n\topened_at\x18\x07 \x01(\x01\x12\x11\n\tclosed_at\x18\x08 \x01(\x01\x12\x33\n\x0cparticipants\x18\t \x03(\x0b\x32\x1d.jurisfed.v1.RoundParticipant\x12+\n\x08refusals\x18\n \x03(\x0b\x32\x19.jurisfed.v1.RoundRefusal\x12\"\n\x06\x63hecks\x18\x0b \x03(\x0b\x32\x12.jurisfed.v1.Check\x12&\n\x08left_out\x18\x0c \x03(\x0b\x32\x14.jurisfed.v1.LeftOut\"\xac\x01\n\x10RoundParticipant\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\x12\x15\n\rexample_count\x18\x02 \x01(\x03\x12\x13\n\x0b\x63ohort_size\x18\x03 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\x12\x15\n\rfloat32_bytes\x18\x05 \x01(\x03\x12\x16\n\x0e\x63ontent_sha256\x18\x06 \x01(\t\x12\x10\n\x08withheld\x18\x07 \x03(\t\"A\n\x0cRoundRefusal\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"c\n\nPlanRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x66irst_round\x18\x02 \x01(\x03\x12\x12\n\nlast_round\x18\x03 \x01(\x03\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"b\n\x0eRollbackRecord\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x03\x12\x12\n\nto_version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0erolled_back_at\x18\x04 \x01(\x01\x32\xb8\x06\n\x10GlobalAggregator\x12_\n\x10RegisterRegional\x12$.jurisfed.v1.RegisterRegionalRequest\x1a%.jurisfed.v1.RegisterRegionalResponse\x12P\n\x0cWaitForRound\x12 .jurisfed.v1.WaitForRoundRequest\x1a\x1e.jurisfed.v1.RoundAnnouncement\x12H\n\nFetchModel\x12\x1e.jurisfed.v1.FetchModelRequest\x1a\x18.jurisfed.v1.TensorChunk0\x01\x12X\n\x0fSubmitAggregate\x12\x1d.jurisfed.v1.AggregateMessage\x1a$.jurisfed.v1.SubmitAggregateResponse(\x01\x12S\n\x0c\x44\x65\x63lineRound\x12 .jurisfed.v1.DeclineRoundRequest\x1a!.jurisfed.v1.DeclineRoundResponse\x12K\n\tGetStatus\x12#.jurisfed.v1.GetGlobalStatusRequest\x1a\x19.jurisfed.v1.GlobalStatus\x12J\n\tStartPlan\x12\x1d.jurisfed.v1.StartPlanRequest\x1a\x1e.jurisfed.v1.StartPlanResponse\x12M\n\nAbortRound\x12\x1e.jurisfed.v1.AbortRoundRequest\x1a\x1f.jurisfed.v1.AbortRoundResponse\x12G\n\x08Rollback\x12\x1c.jurisfed.v1.RollbackRequest\x1a\x1d.jurisfed.v1.RollbackResponse\x12G\n\nGetHistory\x12\x1e.jurisfed.v1.GetHistoryRequest\x1a\x19.jurisfed.v1.RoundHistoryb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -27,25 +27,51 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_REGISTERREGIONALREQUEST']._serialized_start=94
   _globals['_REGISTERREGIONALREQUEST']._serialized_end=141
   _globals['_REGISTERREGIONALRESPONSE']._serialized_start=143
-  _globals['_REGISTERREGIONALRESPONSE']._serialized_end=191
-  _globals['_AGGREGATEHEADER']._serialized_start=194
-  _globals['_AGGREGATEHEADER']._serialized_end=392
-  _globals['_AGGREGATEMESSAGE']._serialized_start=394
-  _globals['_AGGREGATEMESSAGE']._serialized_end=511
-  _globals['_SUBMITAGGREGATERESPONSE']._serialized_start=513
-  _globals['_SUBMITAGGREGATERESPONSE']._serialized_end=575
-  _globals['_DECLINEROUNDREQUEST']._serialized_start=577
-  _globals['_DECLINEROUNDREQUEST']._serialized_end=669
-  _globals['_DECLINEROUNDRESPONSE']._serialized_start=671
-  _globals['_DECLINEROUNDRESPONSE']._serialized_end=693
-  _globals['_GETGLOBALSTATUSREQUEST']._serialized_start=695
-  _globals['_GETGLOBALSTATUSREQUEST']._serialized_end=719
-  _globals['_GLOBALSTATUS']._serialized_start=722
-  _globals['_GLOBALSTATUS']._serialized_end=966
-  _globals['_CONTRIBUTION']._serialized_start=969
-  _globals['_CONTRIBUTION']._serialized_end=1122
-  _globals['_REFUSAL']._serialized_start=1124
-  _globals['_REFUSAL']._serialized_end=1203
-  _globals['_GLOBALAGGREGATOR']._serialized_start=1206
-  _globals['_GLOBALAGGREGATOR']._serialized_end=1729
+  _globals['_REGISTERREGIONALRESPONSE']._serialized_end=213
+  _globals['_AGGREGATEHEADER']._serialized_start=216
+  _globals['_AGGREGATEHEADER']._serialized_end=414
+  _globals['_AGGREGATEMESSAGE']._serialized_start=416
+  _globals['_AGGREGATEMESSAGE']._serialized_end=533
+  _globals['_SUBMITAGGREGATERESPONSE']._serialized_start=535
+  _globals['_SUBMITAGGREGATERESPONSE']._serialized_end=597
+  _globals['_DECLINEROUNDREQUEST']._serialized_start=599
+  _globals['_DECLINEROUNDREQUEST']._serialized_end=691
+  _globals['_DECLINEROUNDRESPONSE']._serialized_start=693
+  _globals['_DECLINEROUNDRESPONSE']._serialized_end=715
+  _globals['_GETGLOBALSTATUSREQUEST']._serialized_start=717
+  _globals['_GETGLOBALSTATUSREQUEST']._serialized_end=741
+  _globals['_GLOBALSTATUS']._serialized_start=744
+  _globals['_GLOBALSTATUS']._serialized_end=1067
+  _globals['_CONTRIBUTION']._serialized_start=1070
+  _globals['_CONTRIBUTION']._serialized_end=1223
+  _globals['_REFUSAL']._serialized_start=1225
+  _globals['_REFUSAL']._serialized_end=1304
+  _globals['_STARTPLANREQUEST']._serialized_start=1306
+  _globals['_STARTPLANREQUEST']._serialized_end=1338
+  _globals['_STARTPLANRESPONSE']._serialized_start=1340
+  _globals['_STARTPLANRESPONSE']._serialized_end=1398
+  _globals['_ABORTROUNDREQUEST']._serialized_start=1400
+  _globals['_ABORTROUNDREQUEST']._serialized_end=1435
+  _globals['_ABORTROUNDRESPONSE']._serialized_start=1437
+  _globals['_ABORTROUNDRESPONSE']._serialized_end=1511
+  _globals['_ROLLBACKREQUEST']._serialized_start=1513
+  _globals['_ROLLBACKREQUEST']._serialized_end=1566
+  _globals['_ROLLBACKRESPONSE']._serialized_start=1568
+  _globals['_ROLLBACKRESPONSE']._serialized_end=1650
+  _globals['_GETHISTORYREQUEST']._serialized_start=1652
+  _globals['_GETHISTORYREQUEST']._serialized_end=1671
+  _globals['_ROUNDHISTORY']._serialized_start=1674
+  _globals['_ROUNDHISTORY']._serialized_end=1861
+  _globals['_ROUNDRECORD']._serialized_start=1864
+  _globals['_ROUNDRECORD']._serialized_end=2203
+  _globals['_ROUNDPARTICIPANT']._serialized_start=2206
+  _globals['_ROUNDPARTICIPANT']._serialized_end=2378
+  _globals['_ROUNDREFUSAL']._serialized_start=2380
+  _globals['_ROUNDREFUSAL']._serialized_end=2445
+  _globals['_PLANRECORD']._serialized_start=2447
+  _globals['_PLANRECORD']._serialized_end=2546
+  _globals['_ROLLBACKRECORD']._serialized_start=2548
+  _globals['_ROLLBACKRECORD']._serialized_end=2646
+  _globals['_GLOBALAGGREGATOR']._serialized_start=2649
+  _globals['_GLOBALAGGREGATOR']._serialized_end=3473
 # @@protoc_insertion_point(module_scope)

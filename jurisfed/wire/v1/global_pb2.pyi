@@ -35,13 +35,19 @@ class RegisterRegionalResponse(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     JURISDICTION_FIELD_NUMBER: builtins.int
+    CONTRACT_KEY_FIELD_NUMBER: builtins.int
     jurisdiction: builtins.str
+    contract_key: builtins.bytes
+    """PEM of the Ed25519 public key that signs round contracts; a regional configured with
+    the global's key (contract_key) refuses a global that presents another.
+    """
     def __init__(
         self,
         *,
         jurisdiction: builtins.str = ...,
+        contract_key: builtins.bytes = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["jurisdiction", b"jurisdiction"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["contract_key", b"contract_key", "jurisdiction", b"jurisdiction"]) -> None: ...
 
 global___RegisterRegionalResponse = RegisterRegionalResponse
 
@@ -186,6 +192,8 @@ class GlobalStatus(google.protobuf.message.Message):
     ROUNDS_FIELD_NUMBER: builtins.int
     CONTRIBUTIONS_FIELD_NUMBER: builtins.int
     REFUSALS_FIELD_NUMBER: builtins.int
+    LEFT_OUT_FIELD_NUMBER: builtins.int
+    PLAN_FIELD_NUMBER: builtins.int
     current_round: builtins.int
     state: jurisfed.wire.v1.rounds_pb2.RoundState.ValueType
     @property
@@ -198,6 +206,14 @@ class GlobalStatus(google.protobuf.message.Message):
 
     @property
     def refusals(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Refusal]: ...
+    @property
+    def left_out(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[jurisfed.wire.v1.rounds_pb2.LeftOut]:
+        """Jurisdictions that dropped out of rounds (missed the deadline, sent a refused aggregate)."""
+
+    @property
+    def plan(self) -> global___PlanRecord:
+        """The plan running, or the last one run; absent before the first."""
+
     def __init__(
         self,
         *,
@@ -207,8 +223,11 @@ class GlobalStatus(google.protobuf.message.Message):
         rounds: collections.abc.Iterable[jurisfed.wire.v1.rounds_pb2.RoundSummary] | None = ...,
         contributions: collections.abc.Iterable[global___Contribution] | None = ...,
         refusals: collections.abc.Iterable[global___Refusal] | None = ...,
+        left_out: collections.abc.Iterable[jurisfed.wire.v1.rounds_pb2.LeftOut] | None = ...,
+        plan: global___PlanRecord | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["contributions", b"contributions", "current_round", b"current_round", "refusals", b"refusals", "registered_jurisdictions", b"registered_jurisdictions", "rounds", b"rounds", "state", b"state"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["plan", b"plan"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["contributions", b"contributions", "current_round", b"current_round", "left_out", b"left_out", "plan", b"plan", "refusals", b"refusals", "registered_jurisdictions", b"registered_jurisdictions", "rounds", b"rounds", "state", b"state"]) -> None: ...
 
 global___GlobalStatus = GlobalStatus
 
@@ -267,3 +286,322 @@ class Refusal(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["jurisdiction", b"jurisdiction", "reason", b"reason", "round", b"round", "rule_id", b"rule_id"]) -> None: ...
 
 global___Refusal = Refusal
+
+@typing.final
+class StartPlanRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: builtins.int
+    plan: builtins.bytes
+    """The round plan as canonical JSON (every key, as `jurisfed round start --plan` read it)."""
+    def __init__(
+        self,
+        *,
+        plan: builtins.bytes = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["plan", b"plan"]) -> None: ...
+
+global___StartPlanRequest = StartPlanRequest
+
+@typing.final
+class StartPlanResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: builtins.int
+    @property
+    def plan(self) -> global___PlanRecord: ...
+    def __init__(
+        self,
+        *,
+        plan: global___PlanRecord | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["plan", b"plan"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["plan", b"plan"]) -> None: ...
+
+global___StartPlanResponse = StartPlanResponse
+
+@typing.final
+class AbortRoundRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: builtins.int
+    reason: builtins.str
+    def __init__(
+        self,
+        *,
+        reason: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["reason", b"reason"]) -> None: ...
+
+global___AbortRoundRequest = AbortRoundRequest
+
+@typing.final
+class AbortRoundResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: builtins.int
+    PLAN_FIELD_NUMBER: builtins.int
+    round: builtins.int
+    """The round aborted; 0 when none was open."""
+    @property
+    def plan(self) -> global___PlanRecord:
+        """The plan stopped; absent when none was running."""
+
+    def __init__(
+        self,
+        *,
+        round: builtins.int = ...,
+        plan: global___PlanRecord | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["plan", b"plan"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["plan", b"plan", "round", b"round"]) -> None: ...
+
+global___AbortRoundResponse = AbortRoundResponse
+
+@typing.final
+class RollbackRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    TO_VERSION_FIELD_NUMBER: builtins.int
+    REASON_FIELD_NUMBER: builtins.int
+    to_version: builtins.int
+    reason: builtins.str
+    def __init__(
+        self,
+        *,
+        to_version: builtins.int = ...,
+        reason: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["reason", b"reason", "to_version", b"to_version"]) -> None: ...
+
+global___RollbackRequest = RollbackRequest
+
+@typing.final
+class RollbackResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    FROM_VERSION_FIELD_NUMBER: builtins.int
+    TO_VERSION_FIELD_NUMBER: builtins.int
+    MODEL_SHA256_FIELD_NUMBER: builtins.int
+    from_version: builtins.int
+    to_version: builtins.int
+    model_sha256: builtins.str
+    """SHA-256 of the weights now at the head: the blob name of checkpoint `to_version`."""
+    def __init__(
+        self,
+        *,
+        from_version: builtins.int = ...,
+        to_version: builtins.int = ...,
+        model_sha256: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["from_version", b"from_version", "model_sha256", b"model_sha256", "to_version", b"to_version"]) -> None: ...
+
+global___RollbackResponse = RollbackResponse
+
+@typing.final
+class GetHistoryRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+global___GetHistoryRequest = GetHistoryRequest
+
+@typing.final
+class RoundHistory(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ROUNDS_FIELD_NUMBER: builtins.int
+    PLANS_FIELD_NUMBER: builtins.int
+    ROLLBACKS_FIELD_NUMBER: builtins.int
+    HEAD_VERSION_FIELD_NUMBER: builtins.int
+    HEAD_SHA256_FIELD_NUMBER: builtins.int
+    head_version: builtins.int
+    """The checkpoint the next round starts from."""
+    head_sha256: builtins.str
+    @property
+    def rounds(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___RoundRecord]: ...
+    @property
+    def plans(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___PlanRecord]: ...
+    @property
+    def rollbacks(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___RollbackRecord]: ...
+    def __init__(
+        self,
+        *,
+        rounds: collections.abc.Iterable[global___RoundRecord] | None = ...,
+        plans: collections.abc.Iterable[global___PlanRecord] | None = ...,
+        rollbacks: collections.abc.Iterable[global___RollbackRecord] | None = ...,
+        head_version: builtins.int = ...,
+        head_sha256: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["head_sha256", b"head_sha256", "head_version", b"head_version", "plans", b"plans", "rollbacks", b"rollbacks", "rounds", b"rounds"]) -> None: ...
+
+global___RoundHistory = RoundHistory
+
+@typing.final
+class RoundRecord(google.protobuf.message.Message):
+    """One round as the global recorded it."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: builtins.int
+    STATE_FIELD_NUMBER: builtins.int
+    REASON_FIELD_NUMBER: builtins.int
+    CONTRACT_SHA256_FIELD_NUMBER: builtins.int
+    BASE_SHA256_FIELD_NUMBER: builtins.int
+    MODEL_SHA256_FIELD_NUMBER: builtins.int
+    OPENED_AT_FIELD_NUMBER: builtins.int
+    CLOSED_AT_FIELD_NUMBER: builtins.int
+    PARTICIPANTS_FIELD_NUMBER: builtins.int
+    REFUSALS_FIELD_NUMBER: builtins.int
+    CHECKS_FIELD_NUMBER: builtins.int
+    LEFT_OUT_FIELD_NUMBER: builtins.int
+    round: builtins.int
+    state: builtins.str
+    """open, closing, committed, aborted, gate_failed or rolled_back."""
+    reason: builtins.str
+    contract_sha256: builtins.str
+    base_sha256: builtins.str
+    model_sha256: builtins.str
+    """The model after the round: its checkpoint if it committed, the unchanged head otherwise."""
+    opened_at: builtins.float
+    """Seconds since the Unix epoch; closed_at 0 while the round is open."""
+    closed_at: builtins.float
+    @property
+    def participants(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___RoundParticipant]: ...
+    @property
+    def refusals(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___RoundRefusal]: ...
+    @property
+    def checks(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[jurisfed.wire.v1.rounds_pb2.Check]: ...
+    @property
+    def left_out(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[jurisfed.wire.v1.rounds_pb2.LeftOut]: ...
+    def __init__(
+        self,
+        *,
+        round: builtins.int = ...,
+        state: builtins.str = ...,
+        reason: builtins.str = ...,
+        contract_sha256: builtins.str = ...,
+        base_sha256: builtins.str = ...,
+        model_sha256: builtins.str = ...,
+        opened_at: builtins.float = ...,
+        closed_at: builtins.float = ...,
+        participants: collections.abc.Iterable[global___RoundParticipant] | None = ...,
+        refusals: collections.abc.Iterable[global___RoundRefusal] | None = ...,
+        checks: collections.abc.Iterable[jurisfed.wire.v1.rounds_pb2.Check] | None = ...,
+        left_out: collections.abc.Iterable[jurisfed.wire.v1.rounds_pb2.LeftOut] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["base_sha256", b"base_sha256", "checks", b"checks", "closed_at", b"closed_at", "contract_sha256", b"contract_sha256", "left_out", b"left_out", "model_sha256", b"model_sha256", "opened_at", b"opened_at", "participants", b"participants", "reason", b"reason", "refusals", b"refusals", "round", b"round", "state", b"state"]) -> None: ...
+
+global___RoundRecord = RoundRecord
+
+@typing.final
+class RoundParticipant(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    PARTICIPANT_FIELD_NUMBER: builtins.int
+    EXAMPLE_COUNT_FIELD_NUMBER: builtins.int
+    COHORT_SIZE_FIELD_NUMBER: builtins.int
+    BYTES_RECEIVED_FIELD_NUMBER: builtins.int
+    FLOAT32_BYTES_FIELD_NUMBER: builtins.int
+    CONTENT_SHA256_FIELD_NUMBER: builtins.int
+    WITHHELD_FIELD_NUMBER: builtins.int
+    participant: builtins.str
+    example_count: builtins.int
+    cohort_size: builtins.int
+    bytes_received: builtins.int
+    float32_bytes: builtins.int
+    content_sha256: builtins.str
+    @property
+    def withheld(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        participant: builtins.str = ...,
+        example_count: builtins.int = ...,
+        cohort_size: builtins.int = ...,
+        bytes_received: builtins.int = ...,
+        float32_bytes: builtins.int = ...,
+        content_sha256: builtins.str = ...,
+        withheld: collections.abc.Iterable[builtins.str] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["bytes_received", b"bytes_received", "cohort_size", b"cohort_size", "content_sha256", b"content_sha256", "example_count", b"example_count", "float32_bytes", b"float32_bytes", "participant", b"participant", "withheld", b"withheld"]) -> None: ...
+
+global___RoundParticipant = RoundParticipant
+
+@typing.final
+class RoundRefusal(google.protobuf.message.Message):
+    """A contribution refused: late, update_refused, upload_incomplete or declined."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    PARTICIPANT_FIELD_NUMBER: builtins.int
+    CODE_FIELD_NUMBER: builtins.int
+    DETAIL_FIELD_NUMBER: builtins.int
+    participant: builtins.str
+    code: builtins.str
+    detail: builtins.str
+    def __init__(
+        self,
+        *,
+        participant: builtins.str = ...,
+        code: builtins.str = ...,
+        detail: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["code", b"code", "detail", b"detail", "participant", b"participant"]) -> None: ...
+
+global___RoundRefusal = RoundRefusal
+
+@typing.final
+class PlanRecord(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: builtins.int
+    FIRST_ROUND_FIELD_NUMBER: builtins.int
+    LAST_ROUND_FIELD_NUMBER: builtins.int
+    STATUS_FIELD_NUMBER: builtins.int
+    REASON_FIELD_NUMBER: builtins.int
+    name: builtins.str
+    first_round: builtins.int
+    last_round: builtins.int
+    status: builtins.str
+    """running, finished or aborted."""
+    reason: builtins.str
+    def __init__(
+        self,
+        *,
+        name: builtins.str = ...,
+        first_round: builtins.int = ...,
+        last_round: builtins.int = ...,
+        status: builtins.str = ...,
+        reason: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["first_round", b"first_round", "last_round", b"last_round", "name", b"name", "reason", b"reason", "status", b"status"]) -> None: ...
+
+global___PlanRecord = PlanRecord
+
+@typing.final
+class RollbackRecord(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    FROM_VERSION_FIELD_NUMBER: builtins.int
+    TO_VERSION_FIELD_NUMBER: builtins.int
+    REASON_FIELD_NUMBER: builtins.int
+    ROLLED_BACK_AT_FIELD_NUMBER: builtins.int
+    from_version: builtins.int
+    """-1 when there was no head."""
+    to_version: builtins.int
+    reason: builtins.str
+    rolled_back_at: builtins.float
+    def __init__(
+        self,
+        *,
+        from_version: builtins.int = ...,
+        to_version: builtins.int = ...,
+        reason: builtins.str = ...,
+        rolled_back_at: builtins.float = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["from_version", b"from_version", "reason", b"reason", "rolled_back_at", b"rolled_back_at", "to_version", b"to_version"]) -> None: ...
+
+global___RollbackRecord = RollbackRecord

@@ -47,6 +47,26 @@ class GlobalAggregatorStub(object):
                 request_serializer=jurisfed_dot_v1_dot_global__pb2.GetGlobalStatusRequest.SerializeToString,
                 response_deserializer=jurisfed_dot_v1_dot_global__pb2.GlobalStatus.FromString,
                 )
+        self.StartPlan = channel.unary_unary(
+                '/jurisfed.v1.GlobalAggregator/StartPlan',
+                request_serializer=jurisfed_dot_v1_dot_global__pb2.StartPlanRequest.SerializeToString,
+                response_deserializer=jurisfed_dot_v1_dot_global__pb2.StartPlanResponse.FromString,
+                )
+        self.AbortRound = channel.unary_unary(
+                '/jurisfed.v1.GlobalAggregator/AbortRound',
+                request_serializer=jurisfed_dot_v1_dot_global__pb2.AbortRoundRequest.SerializeToString,
+                response_deserializer=jurisfed_dot_v1_dot_global__pb2.AbortRoundResponse.FromString,
+                )
+        self.Rollback = channel.unary_unary(
+                '/jurisfed.v1.GlobalAggregator/Rollback',
+                request_serializer=jurisfed_dot_v1_dot_global__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=jurisfed_dot_v1_dot_global__pb2.RollbackResponse.FromString,
+                )
+        self.GetHistory = channel.unary_unary(
+                '/jurisfed.v1.GlobalAggregator/GetHistory',
+                request_serializer=jurisfed_dot_v1_dot_global__pb2.GetHistoryRequest.SerializeToString,
+                response_deserializer=jurisfed_dot_v1_dot_global__pb2.RoundHistory.FromString,
+                )
 
 
 class GlobalAggregatorServicer(object):
@@ -94,6 +114,34 @@ class GlobalAggregatorServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartPlan(self, request, context):
+        """Operators: run a round plan (jurisfed/round_plan.py) from the next round on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRound(self, request, context):
+        """Operators: abort the open round (nothing merged) and stop the running plan.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Operators: make checkpoint N, byte for byte, the model the next round starts from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHistory(self, request, context):
+        """Operators and auditors: every round as recorded, with participants, gates and who was left out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GlobalAggregatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +174,26 @@ def add_GlobalAggregatorServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=jurisfed_dot_v1_dot_global__pb2.GetGlobalStatusRequest.FromString,
                     response_serializer=jurisfed_dot_v1_dot_global__pb2.GlobalStatus.SerializeToString,
+            ),
+            'StartPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartPlan,
+                    request_deserializer=jurisfed_dot_v1_dot_global__pb2.StartPlanRequest.FromString,
+                    response_serializer=jurisfed_dot_v1_dot_global__pb2.StartPlanResponse.SerializeToString,
+            ),
+            'AbortRound': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRound,
+                    request_deserializer=jurisfed_dot_v1_dot_global__pb2.AbortRoundRequest.FromString,
+                    response_serializer=jurisfed_dot_v1_dot_global__pb2.AbortRoundResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=jurisfed_dot_v1_dot_global__pb2.RollbackRequest.FromString,
+                    response_serializer=jurisfed_dot_v1_dot_global__pb2.RollbackResponse.SerializeToString,
+            ),
+            'GetHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHistory,
+                    request_deserializer=jurisfed_dot_v1_dot_global__pb2.GetHistoryRequest.FromString,
+                    response_serializer=jurisfed_dot_v1_dot_global__pb2.RoundHistory.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -236,5 +304,73 @@ class GlobalAggregator(object):
         return grpc.experimental.unary_unary(request, target, '/jurisfed.v1.GlobalAggregator/GetStatus',
             jurisfed_dot_v1_dot_global__pb2.GetGlobalStatusRequest.SerializeToString,
             jurisfed_dot_v1_dot_global__pb2.GlobalStatus.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def StartPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/jurisfed.v1.GlobalAggregator/StartPlan',
+            jurisfed_dot_v1_dot_global__pb2.StartPlanRequest.SerializeToString,
+            jurisfed_dot_v1_dot_global__pb2.StartPlanResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def AbortRound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/jurisfed.v1.GlobalAggregator/AbortRound',
+            jurisfed_dot_v1_dot_global__pb2.AbortRoundRequest.SerializeToString,
+            jurisfed_dot_v1_dot_global__pb2.AbortRoundResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/jurisfed.v1.GlobalAggregator/Rollback',
+            jurisfed_dot_v1_dot_global__pb2.RollbackRequest.SerializeToString,
+            jurisfed_dot_v1_dot_global__pb2.RollbackResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def GetHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/jurisfed.v1.GlobalAggregator/GetHistory',
+            jurisfed_dot_v1_dot_global__pb2.GetHistoryRequest.SerializeToString,
+            jurisfed_dot_v1_dot_global__pb2.RoundHistory.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -58,6 +58,30 @@ class GlobalAggregatorStub:
     ]
     """Operator view of the federation's rounds."""
 
+    StartPlan: grpc.UnaryUnaryMultiCallable[
+        jurisfed.wire.v1.global_pb2.StartPlanRequest,
+        jurisfed.wire.v1.global_pb2.StartPlanResponse,
+    ]
+    """Operators: run a round plan (jurisfed/round_plan.py) from the next round on."""
+
+    AbortRound: grpc.UnaryUnaryMultiCallable[
+        jurisfed.wire.v1.global_pb2.AbortRoundRequest,
+        jurisfed.wire.v1.global_pb2.AbortRoundResponse,
+    ]
+    """Operators: abort the open round (nothing merged) and stop the running plan."""
+
+    Rollback: grpc.UnaryUnaryMultiCallable[
+        jurisfed.wire.v1.global_pb2.RollbackRequest,
+        jurisfed.wire.v1.global_pb2.RollbackResponse,
+    ]
+    """Operators: make checkpoint N, byte for byte, the model the next round starts from."""
+
+    GetHistory: grpc.UnaryUnaryMultiCallable[
+        jurisfed.wire.v1.global_pb2.GetHistoryRequest,
+        jurisfed.wire.v1.global_pb2.RoundHistory,
+    ]
+    """Operators and auditors: every round as recorded, with participants, gates and who was left out."""
+
 class GlobalAggregatorAsyncStub:
     RegisterRegional: grpc.aio.UnaryUnaryMultiCallable[
         jurisfed.wire.v1.global_pb2.RegisterRegionalRequest,
@@ -94,6 +118,30 @@ class GlobalAggregatorAsyncStub:
         jurisfed.wire.v1.global_pb2.GlobalStatus,
     ]
     """Operator view of the federation's rounds."""
+
+    StartPlan: grpc.aio.UnaryUnaryMultiCallable[
+        jurisfed.wire.v1.global_pb2.StartPlanRequest,
+        jurisfed.wire.v1.global_pb2.StartPlanResponse,
+    ]
+    """Operators: run a round plan (jurisfed/round_plan.py) from the next round on."""
+
+    AbortRound: grpc.aio.UnaryUnaryMultiCallable[
+        jurisfed.wire.v1.global_pb2.AbortRoundRequest,
+        jurisfed.wire.v1.global_pb2.AbortRoundResponse,
+    ]
+    """Operators: abort the open round (nothing merged) and stop the running plan."""
+
+    Rollback: grpc.aio.UnaryUnaryMultiCallable[
+        jurisfed.wire.v1.global_pb2.RollbackRequest,
+        jurisfed.wire.v1.global_pb2.RollbackResponse,
+    ]
+    """Operators: make checkpoint N, byte for byte, the model the next round starts from."""
+
+    GetHistory: grpc.aio.UnaryUnaryMultiCallable[
+        jurisfed.wire.v1.global_pb2.GetHistoryRequest,
+        jurisfed.wire.v1.global_pb2.RoundHistory,
+    ]
+    """Operators and auditors: every round as recorded, with participants, gates and who was left out."""
 
 class GlobalAggregatorServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -143,5 +191,37 @@ class GlobalAggregatorServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[jurisfed.wire.v1.global_pb2.GlobalStatus, collections.abc.Awaitable[jurisfed.wire.v1.global_pb2.GlobalStatus]]:
         """Operator view of the federation's rounds."""
+
+    @abc.abstractmethod
+    def StartPlan(
+        self,
+        request: jurisfed.wire.v1.global_pb2.StartPlanRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[jurisfed.wire.v1.global_pb2.StartPlanResponse, collections.abc.Awaitable[jurisfed.wire.v1.global_pb2.StartPlanResponse]]:
+        """Operators: run a round plan (jurisfed/round_plan.py) from the next round on."""
+
+    @abc.abstractmethod
+    def AbortRound(
+        self,
+        request: jurisfed.wire.v1.global_pb2.AbortRoundRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[jurisfed.wire.v1.global_pb2.AbortRoundResponse, collections.abc.Awaitable[jurisfed.wire.v1.global_pb2.AbortRoundResponse]]:
+        """Operators: abort the open round (nothing merged) and stop the running plan."""
+
+    @abc.abstractmethod
+    def Rollback(
+        self,
+        request: jurisfed.wire.v1.global_pb2.RollbackRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[jurisfed.wire.v1.global_pb2.RollbackResponse, collections.abc.Awaitable[jurisfed.wire.v1.global_pb2.RollbackResponse]]:
+        """Operators: make checkpoint N, byte for byte, the model the next round starts from."""
+
+    @abc.abstractmethod
+    def GetHistory(
+        self,
+        request: jurisfed.wire.v1.global_pb2.GetHistoryRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[jurisfed.wire.v1.global_pb2.RoundHistory, collections.abc.Awaitable[jurisfed.wire.v1.global_pb2.RoundHistory]]:
+        """Operators and auditors: every round as recorded, with participants, gates and who was left out."""
 
 def add_GlobalAggregatorServicer_to_server(servicer: GlobalAggregatorServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -145,12 +145,17 @@ class RegionalStatus(google.protobuf.message.Message):
     CURRENT_ROUND_FIELD_NUMBER: builtins.int
     REGISTERED_SILOS_FIELD_NUMBER: builtins.int
     ROUNDS_FIELD_NUMBER: builtins.int
+    LEFT_OUT_FIELD_NUMBER: builtins.int
     jurisdiction: builtins.str
     current_round: builtins.int
     @property
     def registered_silos(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
     @property
     def rounds(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[jurisfed.wire.v1.rounds_pb2.RoundSummary]: ...
+    @property
+    def left_out(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[jurisfed.wire.v1.rounds_pb2.LeftOut]:
+        """Silos excluded from rounds (with the eligibility rule) and silos that dropped out."""
+
     def __init__(
         self,
         *,
@@ -158,7 +163,8 @@ class RegionalStatus(google.protobuf.message.Message):
         current_round: builtins.int = ...,
         registered_silos: collections.abc.Iterable[builtins.str] | None = ...,
         rounds: collections.abc.Iterable[jurisfed.wire.v1.rounds_pb2.RoundSummary] | None = ...,
+        left_out: collections.abc.Iterable[jurisfed.wire.v1.rounds_pb2.LeftOut] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["current_round", b"current_round", "jurisdiction", b"jurisdiction", "registered_silos", b"registered_silos", "rounds", b"rounds"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["current_round", b"current_round", "jurisdiction", b"jurisdiction", "left_out", b"left_out", "registered_silos", b"registered_silos", "rounds", b"rounds"]) -> None: ...
 
 global___RegionalStatus = RegionalStatus

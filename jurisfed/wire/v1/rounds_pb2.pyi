@@ -88,6 +88,9 @@ class RoundAnnouncement(google.protobuf.message.Message):
     GLOBAL_LOCATION_FIELD_NUMBER: builtins.int
     UPSTREAM_COMPRESSION_FIELD_NUMBER: builtins.int
     TRACEPARENT_FIELD_NUMBER: builtins.int
+    CONTRACT_FIELD_NUMBER: builtins.int
+    CONTRACT_SIGNATURE_FIELD_NUMBER: builtins.int
+    EXCLUSION_FIELD_NUMBER: builtins.int
     state: global___RoundState.ValueType
     round: builtins.int
     deadline_in_s: builtins.float
@@ -102,10 +105,22 @@ class RoundAnnouncement(google.protobuf.message.Message):
     """How a regional must encode the aggregate it forwards: "int8" or "none"."""
     traceparent: builtins.str
     """W3C trace context of the round's span, so every tier's work joins one trace."""
+    contract: builtins.bytes
+    """The round contract (jurisfed/round_contract.py) as canonical JSON: checkpoint, cohort,
+    quorum, deadlines, training, aggregation, compression, privacy, gates, eligibility.
+    """
+    contract_signature: builtins.bytes
+    """Ed25519 by the global aggregator's contract key over "jurisfed/round-contract/v1" NUL
+    followed by `contract`; every tier verifies it before acting on the round.
+    """
     @property
     def model_spec(self) -> jurisfed.wire.v1.tensors_pb2.ModelSpec: ...
     @property
     def training(self) -> global___TrainingConfig: ...
+    @property
+    def exclusion(self) -> global___Exclusion:
+        """WaitForTask only: why this silo takes no part in the open round `round`."""
+
     def __init__(
         self,
         *,
@@ -118,11 +133,36 @@ class RoundAnnouncement(google.protobuf.message.Message):
         global_location: builtins.str = ...,
         upstream_compression: builtins.str = ...,
         traceparent: builtins.str = ...,
+        contract: builtins.bytes = ...,
+        contract_signature: builtins.bytes = ...,
+        exclusion: global___Exclusion | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["model_spec", b"model_spec", "training", b"training"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["base_model_sha256", b"base_model_sha256", "deadline_in_s", b"deadline_in_s", "global_location", b"global_location", "model_spec", b"model_spec", "round", b"round", "state", b"state", "traceparent", b"traceparent", "training", b"training", "upstream_compression", b"upstream_compression"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["exclusion", b"exclusion", "model_spec", b"model_spec", "training", b"training"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["base_model_sha256", b"base_model_sha256", "contract", b"contract", "contract_signature", b"contract_signature", "deadline_in_s", b"deadline_in_s", "exclusion", b"exclusion", "global_location", b"global_location", "model_spec", b"model_spec", "round", b"round", "state", b"state", "traceparent", b"traceparent", "training", b"training", "upstream_compression", b"upstream_compression"]) -> None: ...
 
 global___RoundAnnouncement = RoundAnnouncement
+
+@typing.final
+class Exclusion(google.protobuf.message.Message):
+    """A silo left out of a round before it started, and why (jurisfed/eligibility.py)."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: builtins.int
+    REASON_FIELD_NUMBER: builtins.int
+    code: builtins.str
+    """quarantined, schema_drift, wrong_code_version, too_few_examples, stale or cohort_full."""
+    reason: builtins.str
+    """A sentence the silo's operators can act on."""
+    def __init__(
+        self,
+        *,
+        code: builtins.str = ...,
+        reason: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["code", b"code", "reason", b"reason"]) -> None: ...
+
+global___Exclusion = Exclusion
 
 @typing.final
 class WaitForRoundRequest(google.protobuf.message.Message):
@@ -176,7 +216,7 @@ class RoundSummary(google.protobuf.message.Message):
     REJECTIONS_FIELD_NUMBER: builtins.int
     round: builtins.int
     outcome: builtins.str
-    """"committed", "aborted: <reason>", "open" """
+    """"committed", "rolled_back", or why not: "aborted: <reason>","""
     example_total: builtins.int
     bytes_received: builtins.int
     """serialized request bytes, gRPC framing included"""
@@ -185,7 +225,9 @@ class RoundSummary(google.protobuf.message.Message):
     model_sha256: builtins.str
     @property
     def participants(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
-        """silo ids (regional) or jurisdictions (global)"""
+        """"gate_failed: <reason>", "declined: <rule>"
+        silo ids (regional) or jurisdictions (global)
+        """
 
     @property
     def rejections(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Rejection]: ...
@@ -227,3 +269,71 @@ class Rejection(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["code", b"code", "reason", b"reason", "sender", b"sender"]) -> None: ...
 
 global___Rejection = Rejection
+
+@typing.final
+class LeftOut(google.protobuf.message.Message):
+    """A participant excluded from a round before it started, or one that dropped out of it."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: builtins.int
+    PARTICIPANT_FIELD_NUMBER: builtins.int
+    DROPOUT_FIELD_NUMBER: builtins.int
+    CODE_FIELD_NUMBER: builtins.int
+    DETAIL_FIELD_NUMBER: builtins.int
+    round: builtins.int
+    participant: builtins.str
+    """silo id (regional) or jurisdiction (global)"""
+    dropout: builtins.bool
+    """false: excluded before the round"""
+    code: builtins.str
+    """an exclusion or dropout reason code (jurisfed/eligibility.py)"""
+    detail: builtins.str
+    def __init__(
+        self,
+        *,
+        round: builtins.int = ...,
+        participant: builtins.str = ...,
+        dropout: builtins.bool = ...,
+        code: builtins.str = ...,
+        detail: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["code", b"code", "detail", b"detail", "dropout", b"dropout", "participant", b"participant", "round", b"round"]) -> None: ...
+
+global___LeftOut = LeftOut
+
+@typing.final
+class Check(google.protobuf.message.Message):
+    """An acceptance gate (threshold and passed set) or a metric (neither) measured at a round's close."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: builtins.int
+    VALUE_FIELD_NUMBER: builtins.int
+    THRESHOLD_FIELD_NUMBER: builtins.int
+    PASSED_FIELD_NUMBER: builtins.int
+    SENTENCE_FIELD_NUMBER: builtins.int
+    name: builtins.str
+    value: builtins.float
+    threshold: builtins.float
+    passed: builtins.bool
+    sentence: builtins.str
+    def __init__(
+        self,
+        *,
+        name: builtins.str = ...,
+        value: builtins.float | None = ...,
+        threshold: builtins.float | None = ...,
+        passed: builtins.bool | None = ...,
+        sentence: builtins.str = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["_passed", b"_passed", "_threshold", b"_threshold", "_value", b"_value", "passed", b"passed", "threshold", b"threshold", "value", b"value"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["_passed", b"_passed", "_threshold", b"_threshold", "_value", b"_value", "name", b"name", "passed", b"passed", "sentence", b"sentence", "threshold", b"threshold", "value", b"value"]) -> None: ...
+    @typing.overload
+    def WhichOneof(self, oneof_group: typing.Literal["_passed", b"_passed"]) -> typing.Literal["passed"] | None: ...
+    @typing.overload
+    def WhichOneof(self, oneof_group: typing.Literal["_threshold", b"_threshold"]) -> typing.Literal["threshold"] | None: ...
+    @typing.overload
+    def WhichOneof(self, oneof_group: typing.Literal["_value", b"_value"]) -> typing.Literal["value"] | None: ...
+
+global___Check = Check
