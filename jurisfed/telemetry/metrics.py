@@ -74,7 +74,9 @@ def meter_provider(
         registry.register(prometheus._collector)
         ProcessCollector(registry=registry)
         all_readers.append(prometheus)
-    provider = MeterProvider(metric_readers=all_readers, resource=resource, views=views())
+    provider = MeterProvider(
+        metric_readers=all_readers, resource=resource, views=views(), shutdown_on_exit=False
+    )
     if registry is None:
         return provider, None
     try:

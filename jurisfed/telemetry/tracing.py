@@ -78,7 +78,9 @@ def tracer_provider(resource: Resource) -> TracerProvider:
     Sampling follows the parent's sampled flag, and samples every root (rounds are few).
     It is not installed as OpenTelemetry's global provider: tiers pass their tracer along.
     """
-    return TracerProvider(resource=resource)
+    # Shut down by `Telemetry.shutdown`, bounded in time; the SDK's own exit hook would wait a
+    # minute on an unreachable collector.
+    return TracerProvider(resource=resource, shutdown_on_exit=False)
 
 
 def traceparent(span: trace.Span | None = None) -> str:
