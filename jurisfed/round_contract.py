@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from jurisfed.audit.keys import key_id
 from jurisfed.config import config_from_mapping, setting
 from jurisfed.eligibility import EligibilityRules
-from jurisfed.errors import ConfigError, InvalidInput, Unauthenticated
+from jurisfed.errors import ConfigError, InvalidInput, Unauthenticated, WrongState
 from jurisfed.gates import GateConfig
 from jurisfed.policy.canonical import canonical_json
 from jurisfed.round_plan import (
@@ -44,7 +44,7 @@ from jurisfed.round_plan import (
     RoundPlan,
     check_sections,
 )
-from jurisfed.rounds import TrainingConfig
+from jurisfed.rounds import RoundAnnouncement, TrainingConfig
 
 CONTRACT_VERSION = 1
 # Domain separation: a contract signature can never be replayed as another signed message.
@@ -200,3 +200,35 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_plain(item) for item in value]
     return value
+
+
+def verify_announced(
+    announcement: RoundAnnouncement, public_key: Ed25519PublicKey, *, architecture: str
+) -> RoundContract:
+    """The signed contract behind an OPEN announcement, checked against what was announced.
+
+    A silo calls this before it trains: the contract must be signed by the global's key and
+    name this round, the announced training and the model `architecture` the round's spec
+    describes. The base model is not compared: a regional whose policy keeps layers local
+    hands its silos the global model with its own values of those layers (the regional checks
+    the global's model against the contract). Unauthenticated for a missing or bad signature,
+    WrongState when the announcement and its contract disagree (a relay changed something).
+    """
+    if not announcement.contract:
+        raise Unauthenticated(f"round {announcement.round} carries no signed contract")
+    contract = verify_contract(announcement.contract, announcement.contract_signature, public_key)
+    mismatches = [
+        what
+        for what, holds in (
+            ("round", contract.round == announcement.round),
+            ("training", contract.training == announcement.training),
+            ("architecture", contract.base.architecture == architecture),
+        )
+        if not holds
+    ]
+    if mismatches:
+        raise WrongState(
+            f"round {announcement.round} was announced with another {', '.join(mismatches)} than its "
+            "signed contract says; refusing to train for it"
+        )
+    return contract

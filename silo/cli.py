@@ -7,6 +7,7 @@ import threading
 
 import grpc
 
+from jurisfed.audit.keys import load_public_keys
 from jurisfed.audit.tier import open_tier_log
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import own_identity
@@ -64,8 +65,16 @@ def run(config: SiloConfig, stop: threading.Event) -> None:
             wait_until_serving(channel, timeout_s=config.connect_timeout_s)
             signer = ContentSigner.from_tls_files(config.tls)
             traced = grpc.intercept_channel(channel, telemetry.client_interceptor())
+            contract_key = load_public_keys(config.contract_key)[0] if config.contract_key else None
+            contract_key = load_public_keys(config.contract_key)[0] if config.contract_key else None
             client = SiloClient(
-                traced, dataset, seed=config.seed, stop=stop, signer=signer, tracer=telemetry.tracer
+                traced,
+                dataset,
+                seed=config.seed,
+                stop=stop,
+                signer=signer,
+                tracer=telemetry.tracer,
+                contract_key=contract_key,
             )
             client.run()
     finally:

@@ -17,11 +17,14 @@ from functools import partial
 from typing import TypeVar
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from opentelemetry import trace
 
 from jurisfed import __version__
 from jurisfed.auth.signatures import ContentSigner, digest_chunks
+from jurisfed.errors import JurisfedError
 from jurisfed.modeling.mlp import Mlp
+from jurisfed.round_contract import verify_announced
 from jurisfed.rounds import RoundAnnouncement, RoundState, UpdateHeader
 from jurisfed.rpc.channel import DEFAULT_DEADLINE_S
 from jurisfed.rpc.retry import with_retry
@@ -57,7 +60,11 @@ class SiloClient:
         stop: threading.Event,
         signer: ContentSigner,
         tracer: trace.Tracer | None = None,
+        contract_key: Ed25519PublicKey | None = None,
     ) -> None:
+        """With `contract_key` (the global's), the silo trains only for rounds whose signed
+        contract matches what its regional announced."""
+        self._contract_key = contract_key
         self._stub = regional_pb2_grpc.RegionalAggregatorStub(channel)
         self._signer = signer
         self._tracer = tracer or trace.NoOpTracer()
@@ -127,6 +134,15 @@ class SiloClient:
         spec, training = announcement.model_spec, announcement.training
         assert spec is not None
         assert training is not None
+        if self._contract_key is not None:
+            try:
+                verify_announced(announcement, self._contract_key, architecture=spec.architecture)
+            except JurisfedError as error:
+                log.error(
+                    "round refused: its contract does not hold",
+                    extra={"round": announcement.round, "reason": str(error)},
+                )
+                return None
         deadline = time.monotonic() + announcement.deadline_in_s
         start = self._call(
             "fetch the model", lambda: self._fetch_model(announcement.round, spec, announcement)

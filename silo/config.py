@@ -30,5 +30,11 @@ class SiloConfig:
     telemetry: TelemetryConfig = setting(
         "traces (OTLP) and metrics (Prometheus endpoint); see docs/observability.md", TelemetryConfig()
     )
+    contract_key: Path | None = setting(
+        "the global's round-contract public key (its contract.key.pub): the silo then trains only "
+        "for rounds whose contract the global signed and that match what the regional announced; "
+        "empty: the regional's check alone",
+        None,
+    )
     seed: int = setting("seed of local training (shuffling, dropout)", 0)
     connect_timeout_s: float = setting("how long to wait for the regional to be reachable at start", 120.0)

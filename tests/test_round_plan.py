@@ -20,7 +20,7 @@ from jurisfed.demo.partition import (
     DEMO_SILOS_PER_JURISDICTION,
     DEMO_TRAINING,
 )
-from jurisfed.errors import ConfigError, InvalidInput, Unauthenticated
+from jurisfed.errors import ConfigError, InvalidInput, Unauthenticated, WrongState
 from jurisfed.gates import GateConfig
 from jurisfed.round_contract import (
     CONTRACT_CONTEXT,
@@ -28,9 +28,11 @@ from jurisfed.round_contract import (
     RoundContract,
     contract_for,
     sign_contract,
+    verify_announced,
     verify_contract,
 )
 from jurisfed.round_plan import RoundPlan, load_plan
+from jurisfed.rounds import RoundAnnouncement, RoundState
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_PLAN = REPO / "deploy" / "plans" / "demo.yaml"
@@ -252,3 +254,48 @@ def test_a_contract_needs_a_time_zone_and_a_valid_base() -> None:
         BaseCheckpoint(version=1, sha256="not a hash", architecture="mlp-64-10")
     with pytest.raises(ValueError, match="round must be at least 1"):
         contract_for(plan, 0, base=BASE, issued_at=ISSUED)
+
+
+def _announcement(signed: RoundContract, signature: bytes, **changes: object) -> RoundAnnouncement:
+    announced = RoundAnnouncement(
+        state=RoundState.OPEN,
+        round=signed.round,
+        model_spec=None,
+        training=signed.training,
+        deadline_in_s=10.0,
+        base_model_sha256=signed.base.sha256,
+        contract=signed.canonical_json(),
+        contract_signature=signature,
+    )
+    return dataclasses.replace(announced, **changes)
+
+
+def test_a_silo_trains_only_for_a_signed_contract_that_matches_the_announcement() -> None:
+    key = Ed25519PrivateKey.generate()
+    signed = sign_contract(
+        contract_for(load_plan(DEMO_PLAN, environ={}), 5, base=BASE, issued_at=ISSUED), key
+    )
+    contract = signed.contract
+    good = _announcement(contract, signed.signature)
+    assert verify_announced(good, key.public_key(), architecture=BASE.architecture) == contract
+
+    with pytest.raises(Unauthenticated, match="carries no signed contract"):
+        verify_announced(
+            _announcement(contract, b"", contract=b""), key.public_key(), architecture=BASE.architecture
+        )
+    other = Ed25519PrivateKey.generate().public_key()
+    with pytest.raises(Unauthenticated, match="does not verify"):
+        verify_announced(good, other, architecture=BASE.architecture)
+    relayed_wrongly = {
+        "round": {"round": 6},
+        "training": {"training": dataclasses.replace(contract.training, epochs=contract.training.epochs + 1)},
+    }
+    for what, changes in relayed_wrongly.items():
+        with pytest.raises(WrongState, match=f"another {what} than its signed contract"):
+            verify_announced(
+                _announcement(contract, signed.signature, **changes),
+                key.public_key(),
+                architecture=BASE.architecture,
+            )
+    with pytest.raises(WrongState, match="another architecture"):
+        verify_announced(good, key.public_key(), architecture="mlp-4-8-3")

@@ -45,7 +45,14 @@ class Provisioner:
 
     def audit_key(self, identity: Identity) -> Path:
         """The aggregator's audit checkpoint key (made once); its public half is PATH.pub."""
-        path = self._dir(identity) / "audit" / "audit.key"
+        return self._signing_key(identity, "audit")
+
+    def contract_key(self, identity: Identity) -> Path:
+        """The global's round-contract signing key (made once); its public half is PATH.pub."""
+        return self._signing_key(identity, "contract")
+
+    def _signing_key(self, identity: Identity, purpose: str) -> Path:
+        path = self._dir(identity) / purpose / f"{purpose}.key"
         if not path.exists():
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             create_signing_key(path)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 
+from jurisfed.audit.keys import public_path
 from jurisfed.auth.identity import GLOBAL_JURISDICTION, Identity, Tier
 from jurisfed.auth.pki import TlsFiles, create_ca
 from jurisfed.auth.provisioning import Provisioner
@@ -183,6 +184,8 @@ def _start_federation(
     probe = write_probe_set(partition.test_path, fleet.directory / "data" / "probe.npz")
     regional_ids = [_regional_identity(j.name) for j in partition.jurisdictions]
     global_callers = {OPERATOR: Role.OPERATOR, **dict.fromkeys(regional_ids, Role.REGIONAL)}
+    # Every regional and silo checks each round's contract against the global's public key.
+    contract_public = str(public_path(pki.contract_key(GLOBAL)))
     global_member = fleet.start(
         "global",
         "global_agg",
@@ -195,6 +198,7 @@ def _start_federation(
             "token_keys": str(pki.key_set(GLOBAL, global_callers)),
             "crl": str(pki.crl),
             "audit_key": str(pki.audit_key(GLOBAL)),
+            "contract_key": str(pki.contract_key(GLOBAL)),
             "witness_peers": [pki.witness_entry(r) for r in regional_ids],
             "telemetry": _telemetry(fleet, "global"),
             "listen": "127.0.0.1:0",
@@ -226,12 +230,11 @@ def _start_federation(
                     "token_keys": str(pki.key_set(identity, callers)),
                     "crl": str(pki.crl),
                     "audit_key": str(pki.audit_key(identity)),
+                    "contract_key": contract_public,
                     "witness_peers": [pki.witness_entry(GLOBAL)],
                     "witness_interval_s": 10.0,
                     "telemetry": _telemetry(fleet, f"regional-{jurisdiction.name}"),
                     "listen": "127.0.0.1:0",
-                    # The global's contract key, made in its state directory when it started.
-                    "contract_key": str(fleet.directory / "global" / "contract.key.pub"),
                     "min_silos": len(jurisdiction.silos),
                     # Reproducible runs: the same --seed gives the same table.
                     "quantization_seed": settings.seed * 1000 + index,
@@ -258,6 +261,7 @@ def _start_federation(
                         "policy_keys": keys,
                         "token": _token(pki.token(identity)),
                         "state_dir": str(fleet.directory / silo.name),
+                        "contract_key": contract_public,
                         "telemetry": _telemetry(fleet, silo.name),
                         "seed": settings.seed,
                     },
