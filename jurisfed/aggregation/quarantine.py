@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import sqlite3
 import statistics
-import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import grpc
 
 from jurisfed.errors import InvalidInput, JurisfedError, NotFound
-from jurisfed.store.sqlite import transaction
+from jurisfed.store.sqlite import SqliteStore
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS quarantine (
@@ -88,14 +84,10 @@ class QuarantineCounts:
     median_time_to_remediation_s: float | None
 
 
-class QuarantineRegistry:
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time, busy_timeout_s: float = 30.0):
-        self.path = path
-        self._clock = clock
-        self._busy_timeout_s = busy_timeout_s
-        with self._transaction(write=True) as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
+class QuarantineRegistry(SqliteStore):
+    WHAT = "quarantine registry"
+    UNAVAILABLE = RegistryUnavailable
+    SCHEMA = _SCHEMA
 
     def quarantine(self, participant: str, round_number: int, reason: str, score: float) -> QuarantineEntry:
         """Quarantine `participant`; if it already is, its open entry is returned unchanged."""
@@ -147,15 +139,6 @@ class QuarantineRegistry:
             readmitted=len(remedied),
             active=sum(e.active for e in entries),
             median_time_to_remediation_s=statistics.median(remedied) if remedied else None,
-        )
-
-    def _transaction(self, *, write: bool) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(
-            self.path,
-            write=write,
-            busy_timeout_s=self._busy_timeout_s,
-            what="quarantine registry",
-            unavailable=RegistryUnavailable,
         )
 
 

@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import math
 import sqlite3
-import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 import grpc
 
@@ -36,7 +32,7 @@ from jurisfed.privacy.accounting import (
     rdp_curve,
     stored_epsilon,
 )
-from jurisfed.store.sqlite import apply_schema, transaction
+from jurisfed.store.sqlite import SqliteStore
 
 SCHEMA_VERSION = 1
 SECONDS_PER_DAY = 86_400.0
@@ -128,19 +124,11 @@ class BudgetCheck:
         return f"within privacy budget cap {self.budget.cap_epsilon:g}; {figures}"
 
 
-class PrivacyLedger:
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time, busy_timeout_s: float = 30.0):
-        self.path = path
-        self._clock = clock
-        self._busy_timeout_s = busy_timeout_s
-        with self._transaction(write=True) as db:
-            apply_schema(
-                db,
-                _SCHEMA,
-                version=SCHEMA_VERSION,
-                what=f"privacy ledger {path}",
-                unavailable=LedgerUnavailable,
-            )
+class PrivacyLedger(SqliteStore):
+    WHAT = "privacy ledger"
+    UNAVAILABLE = LedgerUnavailable
+    SCHEMA = _SCHEMA
+    SCHEMA_VERSION = SCHEMA_VERSION
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -249,15 +237,6 @@ class PrivacyLedger:
         row = _find(db, jurisdiction, release_id)
         assert row is not None
         return _release(row)
-
-    def _transaction(self, *, write: bool) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(
-            self.path,
-            write=write,
-            busy_timeout_s=self._busy_timeout_s,
-            what="privacy ledger",
-            unavailable=LedgerUnavailable,
-        )
 
 
 def _checked(jurisdiction: str, release_id: str, event: DpEvent) -> str:

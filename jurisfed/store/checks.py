@@ -10,16 +10,12 @@ restarted while closing re-evaluates them) replaces them.
 from __future__ import annotations
 
 import math
-import sqlite3
-import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from pathlib import Path
+from collections.abc import Sequence
 
 from jurisfed.errors import InvalidInput
 from jurisfed.rounds import CheckResult
 from jurisfed.store.round_records import StateUnavailable
-from jurisfed.store.sqlite import transaction
+from jurisfed.store.sqlite import SqliteStore
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS checks (
@@ -35,14 +31,10 @@ _SCHEMA = (
 )
 
 
-class RoundChecks:
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time, busy_timeout_s: float = 30.0):
-        self.path = path
-        self._clock = clock
-        self._busy_timeout_s = busy_timeout_s
-        with self._transaction(write=True) as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
+class RoundChecks(SqliteStore):
+    WHAT = "round checks"
+    UNAVAILABLE = StateUnavailable
+    SCHEMA = _SCHEMA
 
     def record(self, round_number: int, checks: Sequence[CheckResult]) -> None:
         """Keep `checks` as round `round_number`'s, replacing any recorded before (NaN reads back None)."""
@@ -79,15 +71,6 @@ class RoundChecks:
                 CheckResult(name, value, sentence, threshold, None if passed is None else bool(passed))
                 for name, value, sentence, threshold, passed in rows
             ]
-
-    def _transaction(self, *, write: bool) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(
-            self.path,
-            write=write,
-            busy_timeout_s=self._busy_timeout_s,
-            what="round checks",
-            unavailable=StateUnavailable,
-        )
 
 
 def _finite(value: float | None) -> float | None:

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import enum
 import sqlite3
-import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from jurisfed.errors import InvalidInput, NotFound, WrongState
 from jurisfed.store.round_records import StateUnavailable, utc
-from jurisfed.store.sqlite import transaction
+from jurisfed.store.sqlite import SqliteStore
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS plans (
@@ -61,14 +57,10 @@ class PlanRecord:
         return self.first_round + self.rounds - 1
 
 
-class PlanBook:
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time, busy_timeout_s: float = 30.0):
-        self.path = path
-        self._clock = clock
-        self._busy_timeout_s = busy_timeout_s
-        with self._transaction(write=True) as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
+class PlanBook(SqliteStore):
+    WHAT = "round plans"
+    UNAVAILABLE = StateUnavailable
+    SCHEMA = _SCHEMA
 
     def start(self, name: str, document: str, first_round: int, rounds: int) -> PlanRecord:
         """Record that plan `name` runs rounds first_round .. first_round + rounds - 1 from now.
@@ -116,15 +108,6 @@ class PlanBook:
     def plans(self) -> list[PlanRecord]:
         with self._transaction(write=False) as db:
             return [_of(row) for row in db.execute(_COLUMNS + "ORDER BY id")]
-
-    def _transaction(self, *, write: bool) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(
-            self.path,
-            write=write,
-            busy_timeout_s=self._busy_timeout_s,
-            what="round plans",
-            unavailable=StateUnavailable,
-        )
 
 
 Row = tuple[int, str, str, int, int, str, float, float | None, str]

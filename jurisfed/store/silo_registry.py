@@ -9,19 +9,14 @@ silos here; the global may register its jurisdictions the same way.
 
 from __future__ import annotations
 
-import sqlite3
-import time
 from collections import Counter
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from jurisfed.eligibility import DropoutReason, ExclusionReason
 from jurisfed.errors import InvalidInput, NotFound
 from jurisfed.store.round_records import StateUnavailable, utc
-from jurisfed.store.sqlite import transaction
+from jurisfed.store.sqlite import SqliteStore
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS silos (
@@ -70,14 +65,10 @@ class LeftOut:
         return isinstance(self.reason, DropoutReason)
 
 
-class SiloRegistry:
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time, busy_timeout_s: float = 30.0):
-        self.path = path
-        self._clock = clock
-        self._busy_timeout_s = busy_timeout_s
-        with self._transaction(write=True) as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
+class SiloRegistry(SqliteStore):
+    WHAT = "silo registry"
+    UNAVAILABLE = StateUnavailable
+    SCHEMA = _SCHEMA
 
     def register_silo(
         self, silo_id: str, example_count: int, schema_sha256: str, code_version: str
@@ -150,15 +141,6 @@ class SiloRegistry:
     def left_out_counts(self, round_number: int) -> Counter[ExclusionReason | DropoutReason]:
         """Exclusions and dropouts of a round, per reason code (what `round status` shows)."""
         return Counter(entry.reason for entry in self.left_out(round_number))
-
-    def _transaction(self, *, write: bool) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(
-            self.path,
-            write=write,
-            busy_timeout_s=self._busy_timeout_s,
-            what="silo registry",
-            unavailable=StateUnavailable,
-        )
 
 
 def _silo_of(row: tuple[str, int, str, str, int | None, float]) -> SiloRecord:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 from jurisfed.errors import JurisfedError
 
@@ -54,3 +56,46 @@ def apply_schema(
         raise unavailable(f"{what} has schema {found}; this jurisfed reads {version}")
     for statement in statements:
         db.execute(statement)
+
+
+class SqliteStore:
+    """A record kept in one SQLite file: its schema made (or checked) on open, and one
+    `transaction` per operation.
+
+    A subclass names `WHAT` (for messages), `UNAVAILABLE` (the error every SQLite failure
+    becomes) and `SCHEMA` (CREATE ... IF NOT EXISTS statements); with `SCHEMA_VERSION` a file
+    written by a newer jurisfed is refused (`apply_schema`). Several stores may share one file.
+    """
+
+    WHAT: ClassVar[str]
+    UNAVAILABLE: ClassVar[type[JurisfedError]]
+    SCHEMA: ClassVar[tuple[str, ...]]
+    SCHEMA_VERSION: ClassVar[int | None] = None
+
+    def __init__(
+        self, path: Path, *, clock: Callable[[], float] = time.time, busy_timeout_s: float = 30.0
+    ) -> None:
+        self.path = path
+        self._clock = clock
+        self._busy_timeout_s = busy_timeout_s
+        with self._transaction(write=True) as db:
+            if self.SCHEMA_VERSION is None:
+                for statement in self.SCHEMA:
+                    db.execute(statement)
+            else:
+                apply_schema(
+                    db,
+                    self.SCHEMA,
+                    version=self.SCHEMA_VERSION,
+                    what=f"{self.WHAT} {path}",
+                    unavailable=self.UNAVAILABLE,
+                )
+
+    def _transaction(self, *, write: bool) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(
+            self.path,
+            write=write,
+            busy_timeout_s=self._busy_timeout_s,
+            what=self.WHAT,
+            unavailable=self.UNAVAILABLE,
+        )

@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 from jurisfed.errors import InvalidInput, WrongState
@@ -76,7 +74,7 @@ from jurisfed.store.round_records import (
     utc,
 )
 from jurisfed.store.silo_registry import SiloRegistry
-from jurisfed.store.sqlite import apply_schema, transaction
+from jurisfed.store.sqlite import SqliteStore
 
 __all__ = [
     "CheckpointRecord",
@@ -148,15 +146,16 @@ _SCHEMA = (
 )
 
 
-class TierState:
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time, busy_timeout_s: float = 30.0):
-        self.path = path
-        self._clock = clock
-        self._busy_timeout_s = busy_timeout_s
-        with self._transaction(write=True) as db:
-            apply_schema(
-                db, _SCHEMA, version=SCHEMA_VERSION, what=f"tier state {path}", unavailable=StateUnavailable
-            )
+class TierState(SqliteStore):
+    WHAT = "tier state"
+    UNAVAILABLE = StateUnavailable
+    SCHEMA = _SCHEMA
+    SCHEMA_VERSION = SCHEMA_VERSION
+
+    def __init__(
+        self, path: Path, *, clock: Callable[[], float] = time.time, busy_timeout_s: float = 30.0
+    ) -> None:
+        super().__init__(path, clock=clock, busy_timeout_s=busy_timeout_s)
         self.registry = SiloRegistry(path, clock=clock, busy_timeout_s=busy_timeout_s)
         self.plans = PlanBook(path, clock=clock, busy_timeout_s=busy_timeout_s)
         self.checks = RoundChecks(path, clock=clock, busy_timeout_s=busy_timeout_s)
@@ -469,12 +468,3 @@ class TierState:
                 "SELECT from_version, to_version, reason, rolled_back_at FROM rollbacks ORDER BY id"
             )
             return [RollbackRecord(old, new, reason, utc(at)) for old, new, reason, at in rows]
-
-    def _transaction(self, *, write: bool) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(
-            self.path,
-            write=write,
-            busy_timeout_s=self._busy_timeout_s,
-            what="tier state",
-            unavailable=StateUnavailable,
-        )
