@@ -78,3 +78,25 @@ def _non_blocking(behavior: Behavior, admit: Admission) -> Behavior:
 
     guarded.experimental_non_blocking = True  # type: ignore[attr-defined]
     return guarded
+
+
+class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """A server interceptor that enters `admit` around every handler whose method it does not
+    `exempt`; what `admit` raises ends the call before the handler runs."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or self.exempt(handler_call_details.method):
+            return handler
+        return guard_handler(handler, self.admit)
+
+    def exempt(self, method: str) -> bool:
+        """Whether calls of `method` (``/package.Service/Method``) go through unchecked."""
+        return False
+
+    def admit(self, context: grpc.ServicerContext) -> AbstractContextManager[object]:
+        raise NotImplementedError

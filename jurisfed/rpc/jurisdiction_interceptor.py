@@ -11,16 +11,16 @@ and are left to the method policy and their tokens.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 
 import grpc
 
 from jurisfed.auth.identity import Tier, check_jurisdiction, peer_identity
 from jurisfed.errors import ConfigError, NotAllowed
-from jurisfed.rpc.call_guard import guard_handler
+from jurisfed.rpc.call_guard import AdmissionInterceptor
 
 
-class JurisdictionInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+class JurisdictionInterceptor(AdmissionInterceptor):
     """Refuses every call whose peer certificate names another jurisdiction, unless its tier is exempt."""
 
     def __init__(self, jurisdiction: str, *, exempt: Collection[Tier] = (Tier.OPERATOR,)) -> None:
@@ -31,18 +31,8 @@ class JurisdictionInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # 
         self._jurisdiction = jurisdiction
         self._exempt = frozenset(exempt)
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        return guard_handler(handler, self._admit)
-
     @contextlib.contextmanager
-    def _admit(self, context: grpc.ServicerContext) -> Iterator[None]:
+    def admit(self, context: grpc.ServicerContext) -> Iterator[None]:
         peer = peer_identity(context)
         if peer.tier not in self._exempt and peer.jurisdiction != self._jurisdiction:
             raise NotAllowed(

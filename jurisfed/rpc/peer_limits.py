@@ -18,7 +18,7 @@ import grpc
 
 from jurisfed.auth.identity import Identity, peer_identity
 from jurisfed.errors import ConfigError, TooLarge
-from jurisfed.rpc.call_guard import guard_handler
+from jurisfed.rpc.call_guard import AdmissionInterceptor
 
 EXEMPT_PREFIX = "/grpc.health.v1.Health/"
 
@@ -43,25 +43,18 @@ class _Bucket:
         self.in_flight = 0
 
 
-class PeerLimitInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+class PeerLimitInterceptor(AdmissionInterceptor):
     def __init__(self, limits: PeerLimits, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._limits = limits
         self._clock = clock
         self._lock = threading.Lock()
         self._peers: dict[Identity, _Bucket] = {}
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIX):
-            return handler
-        return guard_handler(handler, self._admit)
+    def exempt(self, method: str) -> bool:
+        return method.startswith(EXEMPT_PREFIX)
 
     @contextmanager
-    def _admit(self, context: grpc.ServicerContext) -> Iterator[None]:
+    def admit(self, context: grpc.ServicerContext) -> Iterator[None]:
         peer = peer_identity(context)
         self._take(peer)
         try:

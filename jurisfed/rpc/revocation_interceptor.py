@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -24,27 +24,17 @@ from cryptography import x509
 from jurisfed.auth.identity import PEER_CERT_KEY
 from jurisfed.auth.revocation import DEFAULT_CHECK_INTERVAL_S, RevocationList
 from jurisfed.errors import Unauthenticated
-from jurisfed.rpc.call_guard import guard_handler
+from jurisfed.rpc.call_guard import AdmissionInterceptor
 
 
-class RevocationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+class RevocationInterceptor(AdmissionInterceptor):
     """Checks the verified peer certificate of every call against `revocations`."""
 
     def __init__(self, revocations: RevocationList) -> None:
         self._revocations = revocations
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        return guard_handler(handler, self._admit)
-
     @contextlib.contextmanager
-    def _admit(self, context: grpc.ServicerContext) -> Iterator[None]:
+    def admit(self, context: grpc.ServicerContext) -> Iterator[None]:
         self._revocations.check(peer_certificate(context))
         yield
 
