@@ -10,6 +10,7 @@ wrong type are ConfigErrors that name the key, so a typo never silently falls ba
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from jurisfed.errors import ConfigError
+from jurisfed.errors import ConfigError, InvalidInput
 
 T = TypeVar("T")
 
@@ -59,6 +60,21 @@ def config_from_mapping(cls: type[T], raw: Mapping[str, Any], *, base: Path | No
     key-naming errors as `load_config` and no environment overrides. Relative paths are taken
     from `base` (default: the working directory)."""
     return _build(cls, dict(raw), "JURISFED", {}, "", base if base is not None else Path.cwd())
+
+
+def config_from_json(cls: type[T], data: bytes, *, what: str) -> T:
+    """`config_from_mapping` of a JSON object a peer sent, `what` naming it in the
+    InvalidInput (never ConfigError: the bad input is the peer's, not this node's config)."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidInput(f"{what} is not UTF-8 JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{what} must be a JSON object")
+    try:
+        return config_from_mapping(cls, raw)
+    except ConfigError as error:
+        raise InvalidInput(f"{what} is invalid: {error}") from None
 
 
 def _env_names(cls: type[Any], prefix: str) -> list[str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,9 +28,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from jurisfed.audit.keys import key_id
-from jurisfed.config import config_from_mapping, setting
+from jurisfed.config import config_from_json, setting
 from jurisfed.eligibility import EligibilityRules
-from jurisfed.errors import ConfigError, InvalidInput, Unauthenticated, WrongState
+from jurisfed.errors import InvalidInput, Unauthenticated, WrongState
 from jurisfed.gates import GateConfig
 from jurisfed.policy.canonical import canonical_json
 from jurisfed.round_plan import (
@@ -121,16 +120,7 @@ class RoundContract:
     @classmethod
     def from_canonical_json(cls, data: bytes) -> RoundContract:
         """The contract whose canonical form is exactly `data`; InvalidInput otherwise."""
-        try:
-            raw = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InvalidInput(f"round contract is not UTF-8 JSON: {error}") from None
-        if not isinstance(raw, dict):
-            raise InvalidInput("round contract must be a JSON object")
-        try:
-            contract = config_from_mapping(cls, raw)
-        except ConfigError as error:
-            raise InvalidInput(f"round contract is invalid: {error}") from None
+        contract = config_from_json(cls, data, what="round contract")
         if contract.canonical_json() != data:
             raise InvalidInput("round contract is not in canonical form (sorted keys, no spaces, every key)")
         return contract

@@ -8,7 +8,6 @@ Tensor values themselves travel through `jurisfed.wire.chunks`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections import Counter
@@ -18,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from jurisfed.auth.signatures import MAX_SIGNATURE_BYTES
-from jurisfed.config import config_from_mapping
+from jurisfed.config import config_from_json
 from jurisfed.eligibility import DropoutReason, ExclusionReason
-from jurisfed.errors import ConfigError, InvalidInput
+from jurisfed.errors import InvalidInput
 from jurisfed.policy.canonical import canonical_json
 from jurisfed.round_plan import RoundPlan
 from jurisfed.rounds import (
@@ -376,16 +375,7 @@ def round_plan_from_json(data: bytes) -> RoundPlan:
     """The plan an operator sent; InvalidInput naming the key when it is not a valid plan."""
     if len(data) > MAX_PLAN_BYTES:
         raise InvalidInput(f"round plan: {len(data)} bytes, at most {MAX_PLAN_BYTES}")
-    try:
-        raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidInput(f"round plan is not UTF-8 JSON: {error}") from None
-    if not isinstance(raw, dict):
-        raise InvalidInput("round plan must be a JSON object")
-    try:
-        return config_from_mapping(RoundPlan, raw)
-    except ConfigError as error:
-        raise InvalidInput(f"round plan is invalid: {error}") from None
+    return config_from_json(RoundPlan, data, what="round plan")
 
 
 def _plain(value: Any) -> Any:
