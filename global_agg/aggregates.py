@@ -22,8 +22,9 @@ from jurisfed.auth.identity import GLOBAL_JURISDICTION, Identity, Tier
 from jurisfed.auth.signatures import StreamSignature
 from jurisfed.errors import JurisfedError, NotAllowed, WrongState
 from jurisfed.participation import record_refusal
+from jurisfed.policy.flows import aggregate_flow
 from jurisfed.policy.guard import PolicyGuard
-from jurisfed.policy.model import Artifact, Endpoint, Flow
+from jurisfed.policy.model import Endpoint, Flow
 from jurisfed.rounds import AggregateHeader
 from jurisfed.store.blobs import BlobStore
 from jurisfed.store.tier_state import TierState
@@ -132,15 +133,13 @@ class AggregateDesk:
                 f"not {header.compression}"
             )
         withheld = frozenset(header.withheld_tensors)
-        flow = Flow(
-            artifact=Artifact.AGGREGATE,
-            source=self.regional_endpoint(peer),
-            destination=self._endpoint,
+        flow = aggregate_flow(
+            self.regional_endpoint(peer),
+            self._endpoint,
+            (t.name for t in self._spec.tensors),
+            withheld=withheld,
             cohort_silos=header.cohort_size,
             compressed=header.compression != "none",
-            layers=frozenset(t.name for t in self._spec.tensors) - withheld,
-            # The header has no field that could name a silo or a host.
-            metadata_fields=frozenset(),
         )
         self.require_both(peer, flow, header.round)
         carried = self._spec.without(withheld)

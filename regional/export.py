@@ -14,12 +14,10 @@ from dataclasses import dataclass
 
 from jurisfed.auth.identity import GLOBAL_JURISDICTION
 from jurisfed.policy.engine import requirements
+from jurisfed.policy.flows import aggregate_flow
 from jurisfed.policy.guard import PolicyGuard
-from jurisfed.policy.model import Artifact, Decision, Endpoint, Flow, MetadataField, Tier
+from jurisfed.policy.model import Artifact, Decision, Endpoint, Tier
 from jurisfed.tensors import ModelSpec
-
-# The identifying fields an aggregate header carries: none (no silo ids, host names, per-silo counts).
-AGGREGATE_METADATA: frozenset[MetadataField] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -49,14 +47,12 @@ def plan_export(
     destination = Endpoint(Tier.GLOBAL, GLOBAL_JURISDICTION, global_location or None)
     needs = requirements(guard.policy, Artifact.AGGREGATE, source, destination)
     withheld = tuple(t.name for t in spec.tensors if needs.is_local_layer(t.name))
-    flow = Flow(
-        artifact=Artifact.AGGREGATE,
-        source=source,
-        destination=destination,
+    flow = aggregate_flow(
+        source,
+        destination,
+        (t.name for t in spec.tensors),
+        withheld=withheld,
         cohort_silos=cohort_silos,
-        privacy=None,  # differential privacy at the regional comes with the privacy issue (#7)
         compressed=compression != "none",
-        layers=frozenset(t.name for t in spec.tensors) - frozenset(withheld),
-        metadata_fields=AGGREGATE_METADATA,
     )
     return Export(guard.decide(flow, round_number=round_number), withheld, compression)

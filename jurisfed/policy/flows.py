@@ -18,14 +18,14 @@ recording of a round, so that a recorded round can be replayed against a new pol
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from jurisfed.policy.errors import PolicyError
 from jurisfed.policy.model import Artifact, Endpoint, Flow, MetadataField, PrivacySpend, Tier
 
-__all__ = ["NamedFlow", "flow_from_record", "flow_to_record", "parse_endpoint"]
+__all__ = ["NamedFlow", "aggregate_flow", "flow_from_record", "flow_to_record", "parse_endpoint"]
 
 _ENDPOINT = re.compile(
     r"(?P<jurisdiction>[A-Z0-9]{2,16})/(?P<tier>[a-z]+)(?:@(?P<location>[a-z][a-z0-9-]{0,62}))?"
@@ -48,6 +48,34 @@ _FIELDS = {
 class NamedFlow:
     name: str
     flow: Flow
+
+
+def aggregate_flow(
+    source: Endpoint,
+    destination: Endpoint,
+    tensors: Iterable[str],
+    *,
+    withheld: Iterable[str],
+    cohort_silos: int,
+    compressed: bool,
+) -> Flow:
+    """A jurisdiction's aggregate as it crosses to the global: the flow both ends decide.
+
+    It carries every tensor of the model but the `withheld` ones, and an aggregate header has
+    no field that could name a silo or a host, so no identifying metadata. Differential privacy
+    at the regional is not applied yet (issue 7), so `privacy` is unknown: a rule requiring it
+    refuses the flow.
+    """
+    return Flow(
+        artifact=Artifact.AGGREGATE,
+        source=source,
+        destination=destination,
+        cohort_silos=cohort_silos,
+        privacy=None,
+        compressed=compressed,
+        layers=frozenset(tensors) - frozenset(withheld),
+        metadata_fields=frozenset(),
+    )
 
 
 def parse_endpoint(text: str) -> Endpoint:
