@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from jurisfed.errors import ConfigError
-from jurisfed.gates import GateCheck, GateConfig, ProbeSet, evaluate_gates, evaluate_weight_gates
+from jurisfed.gates import GateCheck, GateConfig, evaluate_gates, evaluate_weight_gates
+from jurisfed.modeling.examples import LabelledExamples, load_examples
 from jurisfed.modeling.mlp import Mlp
 from jurisfed.rounds import CheckResult
 from jurisfed.tensors import Weights
@@ -44,7 +43,7 @@ class Verdict:
 @dataclass(frozen=True)
 class Acceptance:
     model: Mlp | None
-    probe: ProbeSet | None
+    probe: LabelledExamples | None
 
     @classmethod
     def load(cls, model: Mlp | None, probe_path: Path | None) -> Acceptance:
@@ -53,18 +52,7 @@ class Acceptance:
             return cls(model, None)
         if model is None:
             raise ConfigError("probe_set: evaluating a probe set needs an MLP architecture")
-        try:
-            with np.load(probe_path, allow_pickle=False) as archive:
-                probe = ProbeSet(archive["features"].astype(np.float32), archive["labels"].astype(np.int64))
-        except (OSError, KeyError, ValueError) as error:
-            raise ConfigError(
-                f"probe_set {probe_path}: not an .npz with features and labels ({error})"
-            ) from None
-        if probe.features.shape[1] != model.input_dim:
-            raise ConfigError(
-                f"probe_set {probe_path}: {probe.features.shape[1]} features; "
-                f"the model takes {model.input_dim}"
-            )
+        probe = load_examples(probe_path, setting="probe_set", input_dim=model.input_dim)
         return cls(model, probe)
 
     @property

@@ -26,15 +26,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from jurisfed.aggregation.process import global_l2_norm
 from jurisfed.config import setting
 from jurisfed.errors import InvalidInput
+from jurisfed.modeling.examples import LabelledExamples
 from jurisfed.modeling.mlp import Mlp
-from jurisfed.tensors import FloatArray, Weights, subtract
-
-IntArray = npt.NDArray[np.int64]
+from jurisfed.tensors import Weights, subtract
 
 
 @dataclass(frozen=True)
@@ -83,26 +81,6 @@ class GateCheck:
 
 
 @dataclass(frozen=True)
-class ProbeSet:
-    """Examples the global may hold, to evaluate candidates on: features [n, d], labels [n]."""
-
-    features: FloatArray
-    labels: IntArray
-
-    def __post_init__(self) -> None:
-        if self.features.ndim != 2 or self.labels.ndim != 1:
-            raise InvalidInput(
-                f"a probe set needs features [n, d] and labels [n], got {self.features.shape} "
-                f"and {self.labels.shape}"
-            )
-        if len(self.labels) == 0 or len(self.labels) != len(self.features):
-            raise InvalidInput(
-                f"a probe set needs as many labels as examples, at least one: got {len(self.features)} "
-                f"examples and {len(self.labels)} labels"
-            )
-
-
-@dataclass(frozen=True)
 class GateReport:
     checks: tuple[GateCheck, ...]
     candidate_accuracy: float
@@ -128,7 +106,7 @@ class GateReport:
 
 
 def evaluate_gates(
-    config: GateConfig, model: Mlp, candidate: Weights, committed: Weights, probe: ProbeSet
+    config: GateConfig, model: Mlp, candidate: Weights, committed: Weights, probe: LabelledExamples
 ) -> GateReport:
     """Evaluate `candidate` against `committed` (the last committed checkpoint) on `probe`."""
     spec = model.spec()
@@ -245,7 +223,7 @@ def _at_most(name: GateName, value: float, threshold: float, finding: str) -> Ga
     )
 
 
-def _accuracy_and_loss(model: Mlp, weights: Weights, probe: ProbeSet) -> tuple[float, float]:
+def _accuracy_and_loss(model: Mlp, weights: Weights, probe: LabelledExamples) -> tuple[float, float]:
     """Accuracy and mean softmax cross-entropy (natural log) of `weights` on the probe set."""
     with np.errstate(all="ignore"):  # a poisoned candidate may overflow; its NaN then fails the gates
         logits = model.logits(weights, probe.features).astype(np.float64)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from jurisfed.errors import InvalidInput
-from jurisfed.gates import GateConfig, GateName, ProbeSet, evaluate_gates, evaluate_weight_gates
+from jurisfed.gates import GateConfig, GateName, evaluate_gates, evaluate_weight_gates
+from jurisfed.modeling.examples import LabelledExamples
 from jurisfed.modeling.mlp import Mlp
 from jurisfed.tensors import Weights
 
@@ -30,9 +31,9 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def probe(digits: tuple[np.ndarray, np.ndarray]) -> ProbeSet:
+def probe(digits: tuple[np.ndarray, np.ndarray]) -> LabelledExamples:
     features, labels = digits
-    return ProbeSet(features[PROBE], labels[PROBE])
+    return LabelledExamples(features[PROBE], labels[PROBE])
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def gradient_step(
     return {name: (weights[name] - learning_rate * gradients[name]).astype(np.float32) for name in weights}
 
 
-def test_a_small_real_improvement_passes_every_gate(fitted: list[Weights], probe: ProbeSet) -> None:
+def test_a_small_real_improvement_passes_every_gate(fitted: list[Weights], probe: LabelledExamples) -> None:
     committed, candidate = fitted[1], fitted[2]  # 20 steps, then 10 more
 
     report = evaluate_gates(STRICT, MODEL, candidate, committed, probe)
@@ -89,14 +90,14 @@ def test_a_small_real_improvement_passes_every_gate(fitted: list[Weights], probe
     assert report.summary == f"all 5 gates passed on {len(probe.labels)} probe examples"
 
 
-def test_the_first_round_from_initial_weights_passes(fitted: list[Weights], probe: ProbeSet) -> None:
+def test_the_first_round_from_initial_weights_passes(fitted: list[Weights], probe: LabelledExamples) -> None:
     report = evaluate_gates(STRICT, MODEL, fitted[1], fitted[0], probe)
     assert report.passed, report.summary
     assert report.committed_accuracy < 0.2 < 0.5 < report.candidate_accuracy
 
 
 def test_a_sign_flipped_candidate_fails_on_accuracy_loss_and_norm(
-    fitted: list[Weights], probe: ProbeSet
+    fitted: list[Weights], probe: LabelledExamples
 ) -> None:
     committed = fitted[2]
     poisoned = {name: -values for name, values in committed.items()}
@@ -120,7 +121,7 @@ def test_a_sign_flipped_candidate_fails_on_accuracy_loss_and_norm(
 
 
 def test_a_candidate_scaled_a_hundredfold_fails_the_update_norm_gate(
-    fitted: list[Weights], probe: ProbeSet
+    fitted: list[Weights], probe: LabelledExamples
 ) -> None:
     committed = fitted[2]
     scaled = {name: values * np.float32(100.0) for name, values in committed.items()}
@@ -135,7 +136,7 @@ def test_a_candidate_scaled_a_hundredfold_fails_the_update_norm_gate(
 
 
 def test_a_candidate_with_nan_fails_even_when_no_gate_is_configured(
-    fitted: list[Weights], probe: ProbeSet
+    fitted: list[Weights], probe: LabelledExamples
 ) -> None:
     committed = fitted[2]
     broken = {name: values.copy() for name, values in committed.items()}
@@ -152,7 +153,7 @@ def test_a_candidate_with_nan_fails_even_when_no_gate_is_configured(
 
 
 def test_an_unchanged_model_sits_exactly_on_the_zero_thresholds(
-    fitted: list[Weights], probe: ProbeSet
+    fitted: list[Weights], probe: LabelledExamples
 ) -> None:
     same = fitted[2]
     report = evaluate_gates(
@@ -180,15 +181,15 @@ def test_thresholds_out_of_range_are_refused(settings: dict[str, float], message
 def test_a_probe_set_must_fit_the_model(fitted: list[Weights], digits: tuple[np.ndarray, np.ndarray]) -> None:
     features, labels = digits
     with pytest.raises(InvalidInput, match="as many labels as examples"):
-        ProbeSet(features[:10], labels[:9])
+        LabelledExamples(features[:10], labels[:9])
     with pytest.raises(InvalidInput, match="features"):
-        ProbeSet(features[0], labels[:1])
+        LabelledExamples(features[0], labels[:1])
     with pytest.raises(InvalidInput, match="probe features have 32 columns; the model takes 64"):
-        evaluate_gates(STRICT, MODEL, fitted[1], fitted[0], ProbeSet(features[:5, :32], labels[:5]))
+        evaluate_gates(STRICT, MODEL, fitted[1], fitted[0], LabelledExamples(features[:5, :32], labels[:5]))
     wrong = dict(fitted[1])
     del wrong["head/bias"]
     with pytest.raises(InvalidInput, match="do not match"):
-        evaluate_gates(STRICT, MODEL, wrong, fitted[0], ProbeSet(features[:5], labels[:5]))
+        evaluate_gates(STRICT, MODEL, wrong, fitted[0], LabelledExamples(features[:5], labels[:5]))
 
 
 def test_without_a_probe_set_the_weight_gates_still_catch_a_poisoned_candidate(fitted: list[Weights]) -> None:
