@@ -4,6 +4,8 @@ Every bench/bench_*.py is a benchmark; each runs in a process of its own, with t
 and its output goes straight to this terminal:
 
   bench_aggregation.py  weighted-mean folding and int8 codec throughput (GB/s)
+  bench_codecs.py       every codec's encode/decode throughput (GB/s), bytes on the wire, hostile
+                        compressed payloads refused (counted), error feedback's effect over rounds
   bench_ingest.py       silo -> regional ingest over mTLS gRPC against a raw byte sink (MB/s,
                         ratio), and a regional's peak RSS with 10 vs 100 silo updates
 

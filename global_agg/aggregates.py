@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from jurisfed.aggregation.intake import Receipt
@@ -20,11 +21,14 @@ from jurisfed.audit.events import AuditEvent, Decision, Detail, EventKind, refus
 from jurisfed.audit.sink import AuditSink
 from jurisfed.auth.identity import GLOBAL_JURISDICTION, Identity, Tier
 from jurisfed.auth.signatures import StreamSignature
+from jurisfed.compression.codec import CodecKind
 from jurisfed.errors import JurisfedError, NotAllowed, WrongState
 from jurisfed.participation import record_refusal
 from jurisfed.policy.flows import aggregate_flow
 from jurisfed.policy.guard import PolicyGuard
 from jurisfed.policy.model import Endpoint, Flow
+from jurisfed.round_contract import RoundContract
+from jurisfed.round_plan import applies_dp
 from jurisfed.rounds import AggregateHeader
 from jurisfed.store.blobs import BlobStore
 from jurisfed.store.tier_state import TierState
@@ -96,6 +100,11 @@ class AggregateDesk:
                     Detail.EXAMPLE_COUNT: header.example_total,
                     Detail.BYTES: meter.total_bytes,
                     **evidence,
+                    **(
+                        {Detail.DP_EPSILON: header.privacy.epsilon, Detail.DP_DELTA: header.privacy.delta}
+                        if header.privacy is not None
+                        else {}
+                    ),
                 },
             )
         log.info("aggregate received", extra={"round": header.round, "jurisdiction": peer.jurisdiction})
@@ -127,11 +136,12 @@ class AggregateDesk:
         if peer.jurisdiction not in cohort:
             raise NotAllowed(f"{peer.jurisdiction} is not in the cohort of round {header.round}")
         self._check_attestation(peer, header)
-        if header.compression != opened.upstream_compression:
+        codec = opened.intake.codec  # the contract's regional_to_global codec
+        if header.compression != codec.kind.value:
             raise WrongState(
-                f"round {header.round} asks for {opened.upstream_compression} aggregates, "
-                f"not {header.compression}"
+                f"round {header.round} asks for {codec.kind.value} aggregates, not {header.compression}"
             )
+        self._check_privacy(header, opened)
         withheld = frozenset(header.withheld_tensors)
         flow = aggregate_flow(
             self.regional_endpoint(peer),
@@ -139,9 +149,9 @@ class AggregateDesk:
             (t.name for t in self._spec.tensors),
             withheld=withheld,
             cohort_silos=header.cohort_size,
-            compressed=header.compression != "none",
+            compressed=codec.kind is not CodecKind.RAW,
         )
-        self.require_both(peer, flow, header.round)
+        self.require_both(peer, replace(flow, privacy=header.privacy), header.round)
         carried = self._spec.without(withheld)
 
         def keep(update: Weights) -> bool:
@@ -172,6 +182,16 @@ class AggregateDesk:
         finally:
             opened.intake.count_bytes(meter.total_bytes)
             self._instruments.metrics.bytes_moved(Hop.REGIONAL_GLOBAL, Direction.RECEIVED, meter.total_bytes)
+
+    @staticmethod
+    def _check_privacy(header: AggregateHeader, opened: OpenRound) -> None:
+        """A round whose contract adds noise at the regionals takes only aggregates that declare it."""
+        contract = RoundContract.from_canonical_json(opened.contract)
+        if header.privacy is None and applies_dp(contract.aggregation.silos_rule()):
+            raise WrongState(
+                f"round {header.round}'s contract adds differential-privacy noise at the regionals "
+                f"({contract.aggregation.silos}), but this aggregate declares none"
+            )
 
     def _check_attestation(self, peer: Identity, header: AggregateHeader) -> None:
         installed = self._members[peer.jurisdiction].policy

@@ -19,9 +19,12 @@ from typing import Any
 
 from global_agg.acceptance import Acceptance
 from jurisfed.aggregation.open_round import OpenRound
+from jurisfed.aggregation.outliers import OutlierHandling
+from jurisfed.aggregation.rule_states import RuleStates
 from jurisfed.audit.events import AuditEvent, Decision, Detail, EventKind
 from jurisfed.audit.sink import AuditSink
 from jurisfed.auth.identity import Identity
+from jurisfed.eligibility import ExclusionReason
 from jurisfed.participation import DROPOUT_LABELS, record_dropouts
 from jurisfed.round_contract import RoundContract
 from jurisfed.store.blobs import BlobStore
@@ -51,7 +54,14 @@ class RoundCloser:
         acceptance: Acceptance,
         audit: AuditSink,
         instruments: Instrumentation,
+        *,
+        outliers: OutlierHandling,
+        rule_states: RuleStates,
     ) -> None:
+        """`outliers` quarantines the jurisdictions a screening rule kept out; `rule_states` keeps
+        the jurisdictions rule's state from round to round."""
+        self._outliers = outliers
+        self._rule_states = rule_states
         self._identity = identity
         self._spec = spec
         self._state = state
@@ -74,7 +84,11 @@ class RoundCloser:
         number = opened.number
         mean = opened.intake.close()  # no upload can be recorded after this
         self._state.begin_closing(number)
-        cohort = opened.intake.contributors
+        folded = opened.intake.folded
+        outliers = self._outliers.judged(number, folded)
+        for jurisdiction, why in outliers.items():
+            self._state.registry.record_left_out(number, jurisdiction, ExclusionReason.QUARANTINED, why)
+        cohort = tuple(j for j in opened.intake.contributors if j not in outliers)
         quorum = contract.quorum.min_jurisdictions
         if aborted_by is not None:
             closed = self._not_merged(opened, RoundStatus.ABORTED, f"aborted: {aborted_by}")
@@ -95,7 +109,8 @@ class RoundCloser:
                 closed = self._not_merged(opened, RoundStatus.ABORTED, reason)
             else:
                 closed = self._judge(opened, contract, add(opened.base, mean))
-        self._record_dropouts(number, set(expected) - set(cohort) - set(declined))
+                self._rule_states.save(opened.intake.rule, number, folded.state)
+        self._record_dropouts(number, set(expected) - set(opened.intake.contributors) - set(declined))
         outcome = {
             RoundStatus.COMMITTED: RoundOutcome.COMMITTED,
             RoundStatus.GATE_FAILED: RoundOutcome.ROLLED_BACK,

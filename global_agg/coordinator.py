@@ -29,9 +29,12 @@ from typing import Any
 from global_agg.acceptance import Acceptance
 from global_agg.aggregates import AggregateDesk
 from global_agg.closing import RoundCloser
-from global_agg.plans import ContractIssuer, check_runnable, upstream_compression
+from global_agg.plans import ContractIssuer, check_runnable
 from jurisfed.aggregation.intake import Receipt
 from jurisfed.aggregation.open_round import Board, OpenRound, wait_for_announcement
+from jurisfed.aggregation.outliers import OutlierHandling
+from jurisfed.aggregation.quarantine import QuarantineRegistry
+from jurisfed.aggregation.rule_states import RuleStates
 from jurisfed.audit.events import AuditEvent, Decision, Detail, EventKind
 from jurisfed.audit.sink import AuditSink
 from jurisfed.auth.identity import GLOBAL_JURISDICTION, Identity, Tier
@@ -69,7 +72,6 @@ BLOB_DIR = "blobs"
 # Aggregates staged at once; there is one per jurisdiction per round.
 MAX_CONCURRENT_AGGREGATES = 8
 ABORT_WAIT_S = 30.0
-_ENCODINGS = {"int8": tensors_pb2.ENCODING_INT8, "none": tensors_pb2.ENCODING_RAW}
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,25 @@ class GlobalCoordinator:
             ) from None
         head = self._require_head()
         self._model = self._blobs.get_weights(head.blob_sha256, spec)
+        self._outliers = OutlierHandling(
+            identity,
+            QuarantineRegistry(state_dir / STATE_FILE),
+            audit,
+            self._instruments,
+            identity_of=self._regional_identity,
+            jurisdiction_of=lambda jurisdiction: jurisdiction,
+        )
+        self._rule_states = RuleStates(state_dir / STATE_FILE)
         self._closer = RoundCloser(
-            identity, spec, self._state, self._blobs, acceptance, audit, self._instruments
+            identity,
+            spec,
+            self._state,
+            self._blobs,
+            acceptance,
+            audit,
+            self._instruments,
+            outliers=self._outliers,
+            rule_states=self._rule_states,
         )
         self._desk = AggregateDesk(
             identity, spec, self._state, self._blobs, guard, self._members, audit, self._instruments
@@ -258,6 +277,7 @@ class GlobalCoordinator:
         """Take a jurisdiction's aggregate to the open round (aggregates.py); refusals are recorded."""
         try:
             self._check_registered(peer)
+            self._outliers.refuse_if_quarantined(peer.jurisdiction)
             live = self._open_round(header.round)
         except JurisfedError as error:
             with self._changed:
@@ -360,21 +380,21 @@ class GlobalCoordinator:
     ) -> _Live:
         """Open `signed`'s round in memory and announce it (call with the lock held)."""
         contract = signed.contract
-        compression = upstream_compression(contract.compression)
         opened = OpenRound.start(
             contract.round,
             self._spec,
             contract.training,
             base,
             duration_s,
-            allowed_encodings=frozenset({_ENCODINGS[compression]}),
+            codec=contract.compression.regional_to_global.to_codec(),
             max_concurrent=MAX_CONCURRENT_AGGREGATES,
             base_sha256=base_sha256,
             global_location=self._guard.location or "",
-            upstream_compression=compression,
             traceparent=trace_context,
             contract=signed.canonical,
             contract_signature=signed.signature,
+            rule=contract.aggregation.jurisdictions_rule(),
+            rule_state=self._rule_states.before(contract.aggregation.jurisdictions_rule(), contract.round),
         )
         self._live = _Live(opened, contract)
         self._declined.clear()
@@ -387,12 +407,13 @@ class GlobalCoordinator:
         """Wait for quorum, the deadline or an abort, then close; None if stopped (left open on disk)."""
         opened, contract = live.opened, live.contract
         intake = opened.intake
+        quarantined = set(self._outliers.active())  # refused this round: not waited for
         with self._changed:
             while True:
                 if stop.is_set():
                     return None
                 aborted_by = self._abort
-                expected = {j for j in self._regionals if j in contract.cohort.jurisdictions}
+                expected = {j for j in self._regionals if j in contract.cohort.jurisdictions} - quarantined
                 done = set(intake.contributors)
                 settled = done | (self._declined & expected)
                 enough = len(done) >= contract.quorum.min_jurisdictions or bool(self._declined)
@@ -593,6 +614,11 @@ class GlobalCoordinator:
             open_now = live.opened.number if live is not None and live.opened.intake.is_open else "none"
             raise WrongState(f"round {round_number} is not open; the open round is {open_now}")
         return live
+
+    def _regional_identity(self, jurisdiction: str) -> Identity:
+        with self._changed:
+            known = self._regionals.get(jurisdiction)
+        return known if known is not None else Identity(jurisdiction, Tier.REGIONAL, "regional")
 
     def _check_registered(self, peer: Identity) -> None:
         require_tier(peer, Tier.REGIONAL, "take part in global rounds")

@@ -4,9 +4,9 @@ A plan comes from `jurisfed round start --plan` or from the configuration file (
 or, without one, the plan its keys describe: `rounds`, `round_deadline_s`, `min_jurisdictions`,
 `training`, `upstream_compression`). Before a plan runs, `check_runnable` refuses what the tiers
 cannot carry out yet, so a plan never promises, in a signed contract, a rule nobody applies:
-aggregation other than the weighted mean, codecs other than raw uploads and raw or int8
-aggregates, differential privacy, and gates on probe accuracy or loss when the global holds no
-probe set. `ContractIssuer` derives each round's contract from the plan and signs it.
+DP noise at the global (the regionals apply it, before the border), and gates on probe accuracy or
+loss when the global holds no probe set; every codec of jurisfed.compression runs on both hops.
+`ContractIssuer` derives each round's contract from the plan and signs it.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from jurisfed.aggregation.factories import parse_rule
 from jurisfed.audit.keys import create_signing_key, key_id, load_signing_key, public_pem
-from jurisfed.compression.codec import CodecKind
 from jurisfed.errors import InvalidInput
 from jurisfed.round_contract import BaseCheckpoint, RoundContract, SignedContract, contract_for, sign_contract
-from jurisfed.round_plan import Cohort, Compression, Deadlines, HopCompression, Quorum, RoundPlan
+from jurisfed.round_plan import Cohort, Compression, Deadlines, HopCompression, Quorum, RoundPlan, applies_dp
 from jurisfed.rounds import TrainingConfig
 
 log = logging.getLogger("jurisfed.global")
@@ -31,24 +29,16 @@ log = logging.getLogger("jurisfed.global")
 CONTRACT_KEY_NAME = "contract.key"
 # Without a plan file, regionals and silos get this share of the round's deadline.
 CONFIG_PLAN_LOWER_TIERS_SHARE = 0.95
-_UPSTREAM = {CodecKind.RAW: "none", CodecKind.INT8: "int8"}
-_MEAN = str(parse_rule("mean"))
 
 
 def check_runnable(plan: RoundPlan, *, has_probe_set: bool) -> None:
     """InvalidInput naming the plan key this federation cannot carry out yet."""
     problems = []
-    if plan.aggregation.canonical().silos != _MEAN or plan.aggregation.canonical().jurisdictions != _MEAN:
+    if applies_dp(plan.aggregation.jurisdictions_rule()):
         problems.append(
-            f"aggregation: the tiers combine by the example-weighted mean; {plan.aggregation.silos!r} and "
-            f"{plan.aggregation.jurisdictions!r} are not wired into them yet"
+            f"aggregation.jurisdictions: {plan.aggregation.jurisdictions!r} adds DP noise at the global, "
+            "which keeps no privacy ledger; central DP is applied by the regionals (aggregation.silos)"
         )
-    if plan.compression.silo_to_regional.to_codec().kind is not CodecKind.RAW:
-        problems.append("compression.silo_to_regional: silos upload raw float32 updates; use codec raw")
-    if plan.compression.regional_to_global.to_codec().kind not in _UPSTREAM:
-        problems.append("compression.regional_to_global: regionals forward raw or int8 aggregates")
-    if plan.privacy.max_epsilon is not None:
-        problems.append("privacy.max_epsilon: differential privacy is not applied by the regionals yet")
     gates = plan.gates
     needs_probe = [
         name
@@ -62,11 +52,6 @@ def check_runnable(plan: RoundPlan, *, has_probe_set: bool) -> None:
         )
     if problems:
         raise InvalidInput(f"round plan {plan.name} cannot run here: " + "; ".join(problems))
-
-
-def upstream_compression(compression: Compression) -> str:
-    """How regionals encode aggregates under a plan's (or a contract's) `compression`: "int8" or "none"."""
-    return _UPSTREAM[compression.regional_to_global.to_codec().kind]
 
 
 def plan_from_settings(

@@ -9,7 +9,9 @@ from pathlib import Path
 from jurisfed.audit.cli import add_audit_commands
 from jurisfed.auth.pki_cli import add_pki_commands
 from jurisfed.errors import ConfigError
+from jurisfed.experiments.cli import add_experiment_commands
 from jurisfed.operator.cli import add_round_commands
+from jurisfed.operator.safeguards_cli import add_privacy_commands, add_quarantine_commands
 from jurisfed.policy.cli import add_policy_commands
 
 
@@ -26,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     add_policy_commands(commands)
     add_audit_commands(commands)
     add_pki_commands(commands)
+    add_quarantine_commands(commands)
+    add_privacy_commands(commands)
+    add_experiment_commands(commands)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

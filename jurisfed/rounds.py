@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from jurisfed.config import setting
+from jurisfed.policy.model import PrivacySpend
 from jurisfed.tensors import ModelSpec
 
 
@@ -41,7 +42,6 @@ class RoundAnnouncement:
     base_model_sha256: str
     # Where the global aggregator is hosted, so a regional can check its policy before the round.
     global_location: str = ""
-    upstream_compression: str = "int8"
     # W3C trace context of the round's span (empty: not traced).
     traceparent: str = ""
     # The signed round contract (jurisfed.round_contract): canonical JSON and the global's
@@ -52,7 +52,8 @@ class RoundAnnouncement:
     exclusion: ExclusionNotice | None = None
 
 
-# How a regional may encode the aggregate it forwards.
+# How regionals encode aggregates under a global configured without a plan file (its
+# `upstream_compression`); a round plan names any codec (jurisfed.round_plan.HopCompression).
 UPSTREAM_COMPRESSIONS = ("int8", "none")
 
 # Largest example count one silo may claim; beyond this a claim is treated as hostile.
@@ -84,9 +85,12 @@ class AggregateHeader:
     withheld_tensors: tuple[str, ...] = ()
     # Attestation: the hash of the residency policy the regional enforced on this aggregate.
     policy_sha256: str = ""
+    # The kind of the round contract's regional_to_global codec (CodecKind value, e.g. top-k-int8).
     compression: str = "int8"
     # The regional's signature over (round, its identity, digest of the chunks).
     content_signature: bytes = b""
+    # The DP its ledger has spent with this release; None: the regional added no noise.
+    privacy: PrivacySpend | None = None
 
 
 @dataclass(frozen=True)

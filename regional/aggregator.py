@@ -28,6 +28,9 @@ from typing import Any
 
 from jurisfed.aggregation.intake import Receipt
 from jurisfed.aggregation.open_round import Board, OpenRound, wait_for_announcement
+from jurisfed.aggregation.outliers import OutlierHandling
+from jurisfed.aggregation.quarantine import QuarantineRegistry
+from jurisfed.aggregation.rule_states import RuleStates
 from jurisfed.audit.events import AuditEvent, Decision, Detail, EventKind, refusal_reason
 from jurisfed.audit.sink import AuditSink
 from jurisfed.auth.identity import Identity, Tier
@@ -38,7 +41,9 @@ from jurisfed.errors import InvalidInput, JurisfedError, NotAllowed, NotFound, W
 from jurisfed.modeling.mlp import Mlp
 from jurisfed.participation import record_refusal
 from jurisfed.policy.guard import PolicyGuard
-from jurisfed.policy.model import Artifact, Endpoint, Flow
+from jurisfed.policy.model import Artifact, Endpoint, Flow, PrivacySpend
+from jurisfed.policy.model import Decision as PolicyDecision
+from jurisfed.privacy.ledger import PrivacyLedger
 from jurisfed.round_contract import RoundContract
 from jurisfed.rounds import (
     LeftOutEntry,
@@ -58,6 +63,8 @@ from jurisfed.wire.metering import Meter
 from jurisfed.wire.v1 import tensors_pb2
 from regional.closing import ClosedRound, RoundRecorder
 from regional.local_round import LocalRound, RoundTerms
+from regional.personalization import Personalizer, ServedModels
+from regional.privacy_budget import PrivacyBudget
 
 log = logging.getLogger("jurisfed.regional")
 
@@ -76,6 +83,7 @@ class RegionalAggregator:
         audit: AuditSink,
         guard: PolicyGuard,
         instruments: Instrumentation | None = None,
+        personalizer: Personalizer | None = None,
     ) -> None:
         self.identity = identity
         self.guard = guard
@@ -90,7 +98,32 @@ class RegionalAggregator:
         self._round: LocalRound | None = None
         self._spec: ModelSpec | None = None  # of the latest round: the personalized models'
         self._restored = False  # the open round was found on disk at start, not opened by this process
-        self._recorder = RoundRecorder(identity, self._state, self._blobs, audit, self.instruments)
+        self._outliers = OutlierHandling(
+            identity,
+            QuarantineRegistry(state_dir / STATE_FILE),
+            audit,
+            self.instruments,
+            identity_of=lambda silo: Identity(identity.jurisdiction, Tier.SILO, silo),
+            jurisdiction_of=lambda silo: identity.jurisdiction,
+        )
+        self._rule_states = RuleStates(state_dir / STATE_FILE)
+        self._privacy = PrivacyBudget(
+            PrivacyLedger(state_dir / STATE_FILE), guard, self.instruments, audit, identity
+        )
+        self._global_location: str | None = None  # where the global says it is hosted, once it said so
+        self._served = ServedModels(state_dir / STATE_FILE)
+        self._personalizer = personalizer
+        self._recorder = RoundRecorder(
+            identity,
+            self._state,
+            self._blobs,
+            audit,
+            self.instruments,
+            self._outliers,
+            self._rule_states,
+            self._served,
+            personalizer,
+        )
         self._finished = False
         self._stopping = False
         self._changed = threading.Condition()
@@ -166,7 +199,8 @@ class RegionalAggregator:
         return local.opened.spec, local.opened.base
 
     def personalized_model(self, peer: Identity, round_number: int) -> tuple[ModelSpec, Weights]:
-        """The jurisdiction's model of `round_number` (0: the newest); only for its own silos."""
+        """The jurisdiction's model of `round_number` (0: the newest), only for its own silos: the
+        mixture chosen on the validation set when the regional holds one, else its own model."""
         self._check_registered(peer)
         head = self._state.head()
         if head is None:
@@ -181,7 +215,8 @@ class RegionalAggregator:
             ) from None
         spec = self._spec_of(checkpoint.architecture)
         self._require_downlink(Artifact.PERSONALIZED_MODEL, peer, version)
-        return spec, self._blobs.get_weights(checkpoint.blob_sha256, spec)
+        served = self._served.served(version)  # the mixture chosen on validation, if there is one
+        return spec, self._blobs.get_weights(served.blob_sha256 if served else checkpoint.blob_sha256, spec)
 
     def _require_downlink(self, artifact: Artifact, peer: Identity, round_number: int) -> None:
         flow = Flow(artifact, self.endpoint, Endpoint.of(peer))
@@ -236,6 +271,7 @@ class RegionalAggregator:
                 f"update claims {header.example_count} examples; "
                 f"{peer.node} registered {record.example_count}"
             )
+        self._outliers.refuse_if_quarantined(peer.node)
         local = self._open_round(header.round)
         excluded = local.excluded.get(peer.node)
         if excluded is not None:
@@ -283,6 +319,11 @@ class RegionalAggregator:
             details={
                 Detail.COHORT_SIZE: closed.cohort_size,
                 Detail.EXAMPLE_COUNT: closed.example_total,
+                **(
+                    {Detail.DP_EPSILON: closed.privacy.epsilon, Detail.DP_DELTA: closed.privacy.delta}
+                    if closed.privacy is not None
+                    else {}
+                ),
                 Detail.COMPRESSION: compression,
             },
         )
@@ -310,6 +351,16 @@ class RegionalAggregator:
             self._changed.notify_all()
 
     # --- upstream side -----------------------------------------------------------------------
+
+    def privacy_refusal(self, contract: RoundContract, global_location: str) -> PolicyDecision | None:
+        """Before running a round: the decision declining it if its DP release would exceed this
+        jurisdiction's budget (privacy_budget.py); None when it fits or adds no noise."""
+        self._global_location = global_location
+        return self._privacy.refusal(contract, global_location)
+
+    def privacy_spend(self, contract: RoundContract, global_location: str) -> PrivacySpend | None:
+        """The DP spend the export decision reads: this round counted, over the policy's period."""
+        return self._privacy.spend(contract, global_location)
 
     def open_round(
         self,
@@ -346,14 +397,22 @@ class RegionalAggregator:
             training,
             local_base,
             deadline_in_s,
-            allowed_encodings=frozenset({tensors_pb2.ENCODING_RAW}),
+            codec=terms.silo_codec,
             max_concurrent=self._max_concurrent,
             base_sha256=base_sha256,
             traceparent=traceparent,
+            rule=terms.rule,
+            rule_state=self._rule_states.before(terms.rule, number),
             contract=terms.contract,
             contract_signature=terms.signature,
         )
-        local = LocalRound(opened, terms, quorum=max(self._min_silos, terms.min_silos))
+        local = LocalRound(
+            opened,
+            terms,
+            quorum=max(self._min_silos, terms.min_silos),
+            global_base_sha256=self._blobs.put_weights(spec, base) if self._personalizer is not None else "",
+            quarantined=self._outliers.active(),
+        )
         with self._changed:
             excluded = local.select(list(self._silos.values()))
             self._round, self._spec, self._restored = local, spec, False
@@ -397,13 +456,17 @@ class RegionalAggregator:
             contract.training,
             base,
             remaining_s,
-            allowed_encodings=frozenset({tensors_pb2.ENCODING_RAW}),
+            codec=terms.silo_codec,
             max_concurrent=self._max_concurrent,
             base_sha256=record.base_sha256,
+            rule=terms.rule,
+            rule_state=self._rule_states.before(terms.rule, record.number),
             contract=terms.contract,
             contract_signature=terms.signature,
         )
-        local = LocalRound(opened, terms, quorum=max(self._min_silos, terms.min_silos))
+        local = LocalRound(
+            opened, terms, quorum=max(self._min_silos, terms.min_silos), quarantined=self._outliers.active()
+        )
         for kept in resumption.contributions:
             update = self._blobs.get_weights(kept.content_sha256, spec)
             opened.intake.restore(kept.participant, kept.idempotency_key, float(kept.example_count), update)
@@ -550,7 +613,7 @@ class RegionalAggregator:
     # --- internals ---------------------------------------------------------------------------
 
     def _close(self, local: LocalRound) -> ClosedRound:
-        closed = self._recorder.close(local)
+        closed = self._recorder.close(local, self._privacy, self._global_location)
         with self._changed:
             self._changed.notify_all()
         return closed

@@ -10,13 +10,14 @@ an aggregate header carries only the round, cohort size and example total.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from jurisfed.auth.identity import GLOBAL_JURISDICTION
+from jurisfed.compression.codec import Codec, CodecKind
 from jurisfed.policy.engine import requirements
 from jurisfed.policy.flows import aggregate_flow
 from jurisfed.policy.guard import PolicyGuard
-from jurisfed.policy.model import Artifact, Decision, Endpoint, Tier
+from jurisfed.policy.model import Artifact, Decision, Endpoint, PrivacySpend, Tier
 from jurisfed.tensors import ModelSpec
 
 
@@ -26,7 +27,7 @@ class Export:
 
     decision: Decision
     withheld: tuple[str, ...]
-    compression: str
+    codec: Codec  # the round contract's regional_to_global codec
 
     @property
     def allowed(self) -> bool:
@@ -39,10 +40,12 @@ def plan_export(
     *,
     round_number: int,
     global_location: str,
-    compression: str,
+    codec: Codec,
     cohort_silos: int,
+    privacy: PrivacySpend | None = None,
 ) -> Export:
-    """The policy's decision on sending this round's aggregate to the global aggregator."""
+    """The policy's decision on sending this round's aggregate to the global aggregator;
+    `privacy`: the DP spend with this round's release (None: the round adds no noise)."""
     source = Endpoint(Tier.REGIONAL, guard.policy.jurisdiction, guard.location)
     destination = Endpoint(Tier.GLOBAL, GLOBAL_JURISDICTION, global_location or None)
     needs = requirements(guard.policy, Artifact.AGGREGATE, source, destination)
@@ -53,6 +56,7 @@ def plan_export(
         (t.name for t in spec.tensors),
         withheld=withheld,
         cohort_silos=cohort_silos,
-        compressed=compression != "none",
+        compressed=codec.kind is not CodecKind.RAW,
     )
-    return Export(guard.decide(flow, round_number=round_number), withheld, compression)
+    flow = replace(flow, privacy=privacy)
+    return Export(guard.decide(flow, round_number=round_number), withheld, codec)

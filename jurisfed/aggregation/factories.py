@@ -9,7 +9,8 @@ A rule is written as stages joined by `>`, outermost first, the last one a termi
 
 Wrappers: `clip(norm)` scales an update down to L2 norm `norm` (TFF clipping_factory);
 `zero(norm, order=inf)` replaces an update whose L1/L2/max norm exceeds `norm` by zeros,
-keeping its weight (TFF zeroing_factory). Terminals: `mean`, `unweighted_mean` (TFF
+keeping its weight (TFF zeroing_factory); `screen(...)`, first if at all, keeps outliers out
+and names them (screening.py). Terminals: `mean`, `unweighted_mean` (TFF
 UnweightedMeanFactory), `median` and `trimmed_mean(trim)` (coordinate-wise, unweighted; TFF
 has neither), `dp_gaussian` and `dp_adaptive` (see differential_privacy.py). Arguments are
 always named; `str(parse_rule(text))` is the canonical text, every argument spelled out.
@@ -47,6 +48,7 @@ from jurisfed.aggregation.process import (
     positive,
 )
 from jurisfed.aggregation.robust import UpdateStack, coordinate_median, trimmed_mean, trimmed_per_side
+from jurisfed.aggregation.screening import Screen
 from jurisfed.aggregation.streaming_mean import StreamingWeightedMean
 from jurisfed.errors import InvalidInput, WrongState
 from jurisfed.tensors import FloatArray, ModelSpec, Weights
@@ -91,6 +93,7 @@ class UnweightedMean(AggregationFactory):
 @dataclass(frozen=True)
 class CoordinateMedian(AggregationFactory):
     name: ClassVar[str] = "median"
+    keeps_every_update: ClassVar[bool] = True
 
     @property
     def weighted(self) -> bool:
@@ -108,6 +111,7 @@ class TrimmedMean(AggregationFactory):
     """Per coordinate, the mean without the int(trim * N) smallest and largest values."""
 
     name: ClassVar[str] = "trimmed_mean"
+    keeps_every_update: ClassVar[bool] = True
     trim: float = 0.1
 
     def __post_init__(self) -> None:
@@ -324,6 +328,7 @@ RULES: dict[str, type[AggregationFactory]] = {
         AdaptiveGaussianDP,
         Clip,
         Zero,
+        Screen,
     )
 }
 _STAGE = re.compile(r"\s*([a-z_]+)\s*(?:\((.*)\))?\s*")
@@ -356,6 +361,13 @@ def parse_rule(text: str) -> AggregationFactory:
         except TypeError as error:  # a required argument is missing
             raise InvalidInput(f"rule {text!r}: {name}: {error}") from error
     assert factory is not None  # str.split always yields at least one stage
+    inner = getattr(factory, "inner", None)
+    while inner is not None:
+        if isinstance(inner, Screen):
+            raise InvalidInput(
+                f"rule {text!r}: screen judges the updates as they arrive, so it must come first"
+            )
+        inner = getattr(inner, "inner", None)
     return factory
 
 

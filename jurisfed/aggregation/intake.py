@@ -1,10 +1,16 @@
-"""Contributions to one open round, folded into a streaming weighted mean as they arrive.
+"""Contributions to one open round, folded by the round's aggregation rule as they arrive.
 
-Both aggregating tiers use it: the regional for its silos' updates, the global for the
-jurisdictions' aggregates. A contribution is staged in a preallocated buffer while it streams
-in and is added to the mean only once every chunk has been validated, so a stream that fails
-half way (bad chunk, dropped connection) leaves nothing behind. Memory is the accumulator plus
-one staging buffer per concurrent upload, whatever the number of contributors.
+Both aggregating tiers use it: the regional for its silos' updates (the contract's
+aggregation.silos), the global for the jurisdictions' aggregates (aggregation.jurisdictions).
+A contribution is staged in a preallocated buffer while it streams in and is handed to the
+rule only once every chunk has been validated, so a stream that fails half way (bad chunk,
+dropped connection) leaves nothing behind. The weighted mean, the default, folds into a
+streaming accumulator: memory is the accumulator plus one staging buffer per concurrent upload,
+whatever the number of contributors, and a contribution may withhold tensors (each tensor is
+the mean of those that carry it). Any other rule runs its AggregationProcess from the state
+the tier kept since the previous round (`RuleState`); those rules combine whole models, so a
+contribution that withholds tensors is refused. `close` returns what the rule produced: the
+result, its next state, its measurements and, for a screening rule, who was kept out.
 
 Durability is the tier's: between "staged" (complete and valid) and "folded", `receive` hands
 the update to the tier's `keep` callback, which stores its bytes and records the contribution
@@ -21,8 +27,12 @@ from dataclasses import dataclass
 
 import grpc
 
+from jurisfed.aggregation.diagnostics import Diagnosis
+from jurisfed.aggregation.factories import WeightedMean
+from jurisfed.aggregation.process import AggregationFactory, Measurements, RuleState
 from jurisfed.aggregation.streaming_mean import StreamingWeightedMean
-from jurisfed.errors import InvalidInput, JurisfedError, TooLarge, WrongState
+from jurisfed.compression.codec import Codec
+from jurisfed.errors import InvalidInput, JurisfedError, TooLarge, Unauthenticated, WrongState
 from jurisfed.rounds import Rejection
 from jurisfed.tensors import ModelSpec, Weights
 from jurisfed.wire.chunks import TensorAssembler
@@ -36,6 +46,20 @@ STAGING_WAIT_S = 5.0
 class Receipt:
     accepted: bool
     duplicate: bool
+
+
+@dataclass(frozen=True)
+class Folded:
+    """What the round's rule made of the contributions folded into it."""
+
+    result: Weights | None  # None: nothing was folded, or every contribution was kept out
+    state: RuleState  # the rule's state for the next round
+    measurements: Measurements
+    diagnoses: tuple[Diagnosis, ...] = ()  # a screening rule's verdict on every contribution
+
+    @property
+    def outliers(self) -> tuple[Diagnosis, ...]:
+        return tuple(d for d in self.diagnoses if d.outlier)
 
 
 class RoundClosed(WrongState):
@@ -63,14 +87,31 @@ Keep = Callable[[Weights], bool]
 
 class RoundIntake:
     def __init__(
-        self, round_number: int, spec: ModelSpec, *, allowed_encodings: frozenset[int], max_concurrent: int
+        self,
+        round_number: int,
+        spec: ModelSpec,
+        *,
+        codec: Codec,
+        max_concurrent: int,
+        rule: AggregationFactory | None = None,
+        rule_state: RuleState | None = None,
     ) -> None:
+        """`codec`: the round contract's codec for the hop; chunks in any other encoding are refused.
+        `rule`: the tier's rule (None: the weighted mean); `rule_state`: its state after the
+        previous round (None: its initial state)."""
         self.round = round_number
         self.spec = spec
-        self._mean = StreamingWeightedMean(spec)
-        self._free = [
-            TensorAssembler(spec, allowed_encodings=allowed_encodings) for _ in range(max_concurrent)
-        ]
+        self.codec = codec
+        self.rule = rule if rule is not None else WeightedMean()
+        self._mean: StreamingWeightedMean | None = None
+        self._state = rule_state if rule_state is not None else RuleState()
+        if isinstance(self.rule, WeightedMean):
+            self._mean = StreamingWeightedMean(spec)
+        else:
+            process = self.rule.create(spec)
+            self._state = rule_state if rule_state is not None else process.initialize()
+            self._accumulation = process.start(self._state)
+        self._free = [TensorAssembler(spec, codec=codec) for _ in range(max_concurrent)]
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._lock = threading.Lock()
         self._contributors: dict[str, str] = {}  # sender -> idempotency key
@@ -78,6 +119,7 @@ class RoundIntake:
         self._rejections: list[Rejection] = []
         self._bytes_received = 0
         self._closed = False
+        self._folded = Folded(None, self._state, {})
 
     def receive(
         self,
@@ -96,6 +138,11 @@ class RoundIntake:
         under the intake's lock, so a contribution it records is folded before `close` answers.
         """
         try:
+            if withheld and self._mean is None:
+                raise InvalidInput(
+                    f"round {self.round} combines by {self.rule}, which needs every tensor; "
+                    f"{sender} withholds {', '.join(sorted(withheld))}"
+                )
             with self._lock:
                 self._check_open()
                 if self._contributors.get(sender) == key:
@@ -111,6 +158,14 @@ class RoundIntake:
                         f"{sender}'s upload to round {self.round} broke off before it was complete; "
                         "nothing of it was kept"
                     ) from None
+                except Unauthenticated:
+                    # A stream cut short (its sender killed) also fails its signature; what went
+                    # wrong is that it is incomplete, so say that when it is.
+                    try:
+                        assembler.staged()
+                    except InvalidInput as error:
+                        raise IncompleteUpload(str(error)) from None
+                    raise
                 try:
                     update = assembler.staged()
                 except InvalidInput as error:
@@ -121,7 +176,7 @@ class RoundIntake:
                         return Receipt(accepted=True, duplicate=self._contributors[sender] == key)
                     if keep is not None and not keep(update):
                         return Receipt(accepted=True, duplicate=True)
-                    self._mean.add(update, weight, withheld=withheld)
+                    self._fold(sender, update, weight, withheld)
                     self._contributors[sender] = key
                     self._weights[sender] = weight
             return Receipt(accepted=True, duplicate=False)
@@ -138,7 +193,7 @@ class RoundIntake:
             self._check_open()
             if sender in self._contributors:
                 raise WrongState(f"{sender} already contributed to round {self.round}")
-            self._mean.add(update, weight, withheld=withheld)
+            self._fold(sender, update, weight, withheld)
             self._contributors[sender] = key
             self._weights[sender] = weight
 
@@ -147,11 +202,33 @@ class RoundIntake:
             self._bytes_received += size
 
     def close(self) -> Weights | None:
-        """Stop accepting; return the weighted mean, or None when nobody contributed."""
+        """Stop accepting; the rule's result, or None when nothing counted (see `folded`)."""
         with self._lock:
-            self._closed = True
-            self._free.clear()
-            return self._mean.result() if self._mean.contributors else None
+            if not self._closed:
+                self._closed = True
+                self._free.clear()
+                self._folded = self._finish()
+            return self._folded.result
+
+    @property
+    def folded(self) -> Folded:
+        """What the rule made of the round: result, next state, measurements, diagnoses."""
+        with self._lock:
+            if not self._closed:
+                raise WrongState(f"round {self.round} is still open")
+            return self._folded
+
+    def _finish(self) -> Folded:
+        if self._mean is not None:
+            result = self._mean.result() if self._mean.contributors else None
+            return Folded(result, self._state, {"mean_value": {}, "mean_weight": {}})
+        if not self._contributors:
+            return Folded(None, self._state, {})
+        try:
+            output = self._accumulation.finish()
+        except WrongState:  # the screen kept every contribution out
+            return Folded(None, self._state, {}, self._accumulation.diagnoses)
+        return Folded(output.result, output.state, output.measurements, self._accumulation.diagnoses)
 
     @property
     def is_open(self) -> bool:
@@ -169,6 +246,12 @@ class RoundIntake:
             return sum(self._weights.values())
 
     @property
+    def weights(self) -> dict[str, float]:
+        """Each contributor's weight (example count), outliers included."""
+        with self._lock:
+            return dict(self._weights)
+
+    @property
     def rejections(self) -> tuple[Rejection, ...]:
         with self._lock:
             return tuple(self._rejections)
@@ -177,6 +260,12 @@ class RoundIntake:
     def bytes_received(self) -> int:
         with self._lock:
             return self._bytes_received
+
+    def _fold(self, sender: str, update: Weights, weight: float, withheld: frozenset[str]) -> None:
+        if self._mean is not None:
+            self._mean.add(update, weight, withheld=withheld)
+        else:
+            self._accumulation.add_from(sender, update, weight)
 
     def _check_open(self) -> None:
         if self._closed:

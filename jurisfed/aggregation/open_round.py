@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from jurisfed.aggregation.intake import RoundIntake
+from jurisfed.aggregation.process import AggregationFactory, RuleState
+from jurisfed.compression.codec import Codec
 from jurisfed.rounds import RoundAnnouncement, RoundState, TrainingConfig
 from jurisfed.tensors import ModelSpec, Weights, weights_sha256
 
@@ -30,7 +32,6 @@ class OpenRound:
     started: float = field(default_factory=time.monotonic)
     # What the global announces for the regionals' border check; empty at a regional.
     global_location: str = ""
-    upstream_compression: str = "int8"
     traceparent: str = ""  # the round's trace context, handed to every participant
     # The signed round contract (canonical JSON) and the global's signature, handed on as received.
     contract: bytes = b""
@@ -45,16 +46,20 @@ class OpenRound:
         base: Weights,
         duration_s: float,
         *,
-        allowed_encodings: frozenset[int],
+        codec: Codec,
         max_concurrent: int,
         base_sha256: str | None = None,
         global_location: str = "",
-        upstream_compression: str = "int8",
         traceparent: str = "",
         contract: bytes = b"",
         contract_signature: bytes = b"",
+        rule: AggregationFactory | None = None,
+        rule_state: RuleState | None = None,
     ) -> OpenRound:
-        intake = RoundIntake(number, spec, allowed_encodings=allowed_encodings, max_concurrent=max_concurrent)
+        """`rule` folds the contributions (None: the weighted mean), from `rule_state`."""
+        intake = RoundIntake(
+            number, spec, codec=codec, max_concurrent=max_concurrent, rule=rule, rule_state=rule_state
+        )
         now = time.monotonic()
         sha = base_sha256 if base_sha256 is not None else weights_sha256(spec, base)
         return cls(
@@ -67,7 +72,6 @@ class OpenRound:
             now + duration_s,
             now,
             global_location=global_location,
-            upstream_compression=upstream_compression,
             traceparent=traceparent,
             contract=contract,
             contract_signature=contract_signature,
@@ -85,7 +89,6 @@ class OpenRound:
             deadline_in_s=max(0.0, self.deadline - time.monotonic()),
             base_model_sha256=self.base_sha256,
             global_location=self.global_location,
-            upstream_compression=self.upstream_compression,
             traceparent=self.traceparent,
             contract=self.contract,
             contract_signature=self.contract_signature,

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 
+from jurisfed.aggregation.diagnostics import Diagnosis
 from jurisfed.errors import InvalidInput
 from jurisfed.tensors import FloatArray, ModelSpec, Weights
 
@@ -79,6 +80,15 @@ class Accumulation(abc.ABC):
     def add(self, update: Mapping[str, FloatArray], weight: float) -> None:
         """Take one update (copied if kept); InvalidInput, and no change, if it is malformed."""
 
+    def add_from(self, sender: str, update: Mapping[str, FloatArray], weight: float) -> None:
+        """`add`, naming who sent the update (a screening rule reports its diagnoses by sender)."""
+        self.add(update, weight)
+
+    @property
+    def diagnoses(self) -> tuple[Diagnosis, ...]:
+        """The outlier diagnosis of every update, for a screening rule (after `finish`); else none."""
+        return ()
+
     @abc.abstractmethod
     def finish(self) -> Output:
         """The round's output; the accumulation is spent afterwards."""
@@ -113,6 +123,8 @@ class AggregationFactory(abc.ABC):
     """A rule as a round contract names it: `name(key=value, ...)`, wrappers before ` > `."""
 
     name: ClassVar[str]
+    # Whether the rule holds every update until the round closes (an order statistic).
+    keeps_every_update: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod

@@ -33,6 +33,9 @@ _SCHEMA = (
         readmission_note TEXT NOT NULL DEFAULT '')""",
     """CREATE UNIQUE INDEX IF NOT EXISTS quarantine_one_open_per_participant
         ON quarantine (participant) WHERE readmitted_at IS NULL""",
+    # Re-admissions the tier has audited (an operator's command writes only the registry).
+    """CREATE TABLE IF NOT EXISTS quarantine_readmission_reported (
+        entry INTEGER PRIMARY KEY REFERENCES quarantine (id))""",
 )
 _SELECT = (
     "SELECT id, participant, round, reason, score, quarantined_at, readmitted_at, readmitted_by, "
@@ -43,6 +46,8 @@ _OPEN = _SELECT + "WHERE participant = ? AND readmitted_at IS NULL"
 _ALL_OPEN = _SELECT + "WHERE readmitted_at IS NULL ORDER BY id"
 _ALL = _SELECT + "ORDER BY id"
 _OF_PARTICIPANT = _SELECT + "WHERE participant = ? ORDER BY id"
+_REPORTED = "SELECT entry FROM quarantine_readmission_reported"
+_UNREPORTED = _SELECT + f"WHERE readmitted_at IS NOT NULL AND id NOT IN ({_REPORTED}) ORDER BY id"
 _INSERT = "INSERT INTO quarantine (participant, round, reason, score, quarantined_at) VALUES (?, ?, ?, ?, ?)"
 _READMIT = "UPDATE quarantine SET readmitted_at = ?, readmitted_by = ?, readmission_note = ? WHERE id = ?"
 
@@ -130,6 +135,19 @@ class QuarantineRegistry(SqliteStore):
         with self._transaction(write=False) as db:
             rows = db.execute(_ALL) if participant is None else db.execute(_OF_PARTICIPANT, (participant,))
             return [_entry(row) for row in rows]
+
+    def unreported_readmissions(self) -> list[QuarantineEntry]:
+        """Re-admissions not yet marked reported (audited by the tier)."""
+        with self._transaction(write=False) as db:
+            return [_entry(row) for row in db.execute(_UNREPORTED)]
+
+    def mark_reported(self, entry_id: int) -> bool:
+        """Mark a re-admission as audited; False if it already was (another thread got there first)."""
+        with self._transaction(write=True) as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO quarantine_readmission_reported (entry) VALUES (?)", (entry_id,)
+            )
+            return cursor.rowcount == 1
 
     def counts(self) -> QuarantineCounts:
         entries = self.history()

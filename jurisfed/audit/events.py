@@ -75,6 +75,7 @@ class EventKind(enum.StrEnum):
     WITNESS_CONFLICT = "witness_conflict"
     LOG_OPENED = "log_opened"
     LOG_RECOVERED = "log_recovered"
+    HEALTH_CHANGE = "health_change"  # serving true/false + reason (e.g. the upstream unreachable)
 
 
 class Decision(enum.StrEnum):

@@ -60,6 +60,7 @@ def describe(entry: BundleEntry) -> str:
         EventKind.WITNESS_CONFLICT: f"The audit log of {who} contradicted what was seen of it before{reason}",
         EventKind.LOG_OPENED: "Audit log opened (the aggregator started)",
         EventKind.LOG_RECOVERED: "Audit log reopened after a crash; an unfinished entry was discarded",
+        EventKind.HEALTH_CHANGE: f"Readiness changed{reason}",
     }
     known = kind_of(entry)
     return templates.get(known, escape(kind)) if known is not None else escape(kind)

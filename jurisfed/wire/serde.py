@@ -17,15 +17,16 @@ from typing import Any
 import numpy as np
 
 from jurisfed.auth.signatures import MAX_SIGNATURE_BYTES
+from jurisfed.compression.codec import CodecKind
 from jurisfed.config import config_from_json
 from jurisfed.eligibility import DropoutReason, ExclusionReason
 from jurisfed.errors import InvalidInput
 from jurisfed.policy.canonical import canonical_json
+from jurisfed.policy.model import PrivacySpend
 from jurisfed.round_plan import RoundPlan
 from jurisfed.rounds import (
     MAX_EXAMPLES_PER_SILO,
     MAX_IDEMPOTENCY_KEY_CHARS,
-    UPSTREAM_COMPRESSIONS,
     AggregateHeader,
     CheckResult,
     Contribution,
@@ -69,6 +70,7 @@ MAX_PLAN_BYTES = 64 * 1024
 _MAX_CONTRACT_SIGNATURE_BYTES = 128
 _EXCLUSION_CODES = frozenset(reason.value for reason in ExclusionReason)
 _DROPOUT_CODES = frozenset(reason.value for reason in DropoutReason)
+_CODEC_KINDS = tuple(kind.value for kind in CodecKind)
 
 
 # --- Model description -------------------------------------------------------------------
@@ -151,7 +153,6 @@ def round_announcement_to_proto(announcement: RoundAnnouncement) -> rounds_pb2.R
         deadline_in_s=announcement.deadline_in_s,
         base_model_sha256=announcement.base_model_sha256,
         global_location=announcement.global_location,
-        upstream_compression=announcement.upstream_compression,
         traceparent=announcement.traceparent,
         contract=announcement.contract,
         contract_signature=announcement.contract_signature,
@@ -210,7 +211,6 @@ def round_announcement_from_proto(message: rounds_pb2.RoundAnnouncement) -> Roun
         deadline_in_s=deadline_in_s,
         base_model_sha256=message.base_model_sha256,
         global_location=_location(where, message.global_location),
-        upstream_compression=_compression(where, "upstream_compression", message.upstream_compression),
         traceparent=_traceparent(where, message.traceparent),
         contract=bytes(message.contract),
         contract_signature=bytes(message.contract_signature),
@@ -260,6 +260,9 @@ def aggregate_header_to_proto(header: AggregateHeader) -> global_pb2.AggregateHe
         policy_sha256=header.policy_sha256,
         compression=header.compression,
         content_signature=header.content_signature,
+        dp_epsilon=header.privacy.epsilon if header.privacy is not None else 0.0,
+        dp_delta=header.privacy.delta if header.privacy is not None else 0.0,
+        dp_period_days=header.privacy.period_days if header.privacy is not None else 0,
     )
 
 
@@ -273,8 +276,9 @@ def aggregate_header_from_proto(message: global_pb2.AggregateHeader) -> Aggregat
         idempotency_key=_idempotency_key(where, message.idempotency_key),
         withheld_tensors=_withheld(where, message.withheld_tensors),
         policy_sha256=_policy_sha256(where, message.policy_sha256),
-        compression=_compression(where, "compression", message.compression),
+        compression=_codec_kind(where, "compression", message.compression),
         content_signature=_signature(where, message.content_signature),
+        privacy=_privacy_spend(where, message.dp_epsilon, message.dp_delta, message.dp_period_days),
     )
 
 
@@ -594,11 +598,9 @@ def _location(where: str, location: str) -> str:
     return location
 
 
-def _compression(where: str, field: str, value: str) -> str:
-    if value not in UPSTREAM_COMPRESSIONS:
-        raise InvalidInput(
-            f"{where}: {field} must be one of {', '.join(UPSTREAM_COMPRESSIONS)}, got {value[:40]!r}"
-        )
+def _codec_kind(where: str, field: str, value: str) -> str:
+    if value not in _CODEC_KINDS:
+        raise InvalidInput(f"{where}: {field} must be one of {', '.join(_CODEC_KINDS)}, got {value[:40]!r}")
     return value
 
 
@@ -616,6 +618,18 @@ def _policy_sha256(where: str, value: str) -> str:
             f"got {value[:80]!r}"
         )
     return value
+
+
+def _privacy_spend(where: str, epsilon: float, delta: float, period_days: int) -> PrivacySpend | None:
+    """None when all three are zero (no noise added); otherwise all three must make sense."""
+    if epsilon == 0.0 and delta == 0.0 and period_days == 0:
+        return None
+    if not (math.isfinite(epsilon) and epsilon > 0.0 and 0.0 < delta < 1.0 and period_days >= 1):
+        raise InvalidInput(
+            f"{where}: dp_epsilon ({epsilon}), dp_delta ({delta}) and dp_period_days ({period_days}) must "
+            "all be zero (no noise added) or a positive epsilon, a delta between 0 and 1 and at least one day"
+        )
+    return PrivacySpend(epsilon, delta, period_days)
 
 
 def _signature(where: str, signature: bytes) -> bytes:

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from jurisfed.aggregation.intake import IncompleteUpload, Keep, RoundClosed, RoundIntake, UploadInterrupted
-from jurisfed.errors import WrongState
+from jurisfed.compression.codec import Codec, CodecKind
+from jurisfed.errors import Unauthenticated, WrongState
 from jurisfed.tensors import ModelSpec, TensorSpec, Weights
 from jurisfed.wire.chunks import encode_tensors
 from jurisfed.wire.v1 import tensors_pb2
 
 SPEC = ModelSpec("test", (TensorSpec("dense/kernel", (4, 3)), TensorSpec("dense/bias", (3,))))
-RAW = frozenset({tensors_pb2.ENCODING_RAW})
+RAW = Codec(CodecKind.RAW)
 
 
 def constant(value: float) -> Weights:
@@ -45,7 +46,7 @@ class Ledger:
 
 
 def test_an_update_is_kept_before_it_is_folded_and_a_recorded_one_is_not_folded_again() -> None:
-    intake = RoundIntake(1, SPEC, allowed_encodings=RAW, max_concurrent=2)
+    intake = RoundIntake(1, SPEC, codec=RAW, max_concurrent=2)
     ledger = Ledger()
     ledger.kept["b"] = constant(7.0)  # recorded, say, by a process that crashed before folding it
     assert not intake.receive("a", "k-a", 1.0, chunks(1.0), keep=ledger.keep_as("a")).duplicate
@@ -58,7 +59,7 @@ def test_an_update_is_kept_before_it_is_folded_and_a_recorded_one_is_not_folded_
 
 
 def test_a_stream_that_breaks_off_is_neither_kept_nor_folded() -> None:
-    intake = RoundIntake(1, SPEC, allowed_encodings=RAW, max_concurrent=2)
+    intake = RoundIntake(1, SPEC, codec=RAW, max_concurrent=2)
     ledger = Ledger()
 
     def dying() -> Iterator[tensors_pb2.TensorChunk]:
@@ -77,8 +78,28 @@ def test_a_stream_that_breaks_off_is_neither_kept_nor_folded() -> None:
     assert [r.code for r in intake.rejections] == ["CANCELLED", "INVALID_ARGUMENT"]
 
 
+def test_a_stream_cut_short_is_incomplete_even_though_its_signature_fails_too() -> None:
+    """A killed sender's stream may simply end; the signature check at its end then fails, but
+    what the tier records is that the upload was incomplete (the silo dropped out), not refused."""
+    intake = RoundIntake(1, SPEC, codec=RAW, max_concurrent=2)
+
+    def cut_short() -> Iterator[tensors_pb2.TensorChunk]:
+        yield chunks(9.0)[0]
+        raise Unauthenticated("the content signature does not verify")  # as verified_chunks ends
+
+    def complete_but_forged() -> Iterator[tensors_pb2.TensorChunk]:
+        yield from chunks(9.0)
+        raise Unauthenticated("the content signature does not verify")
+
+    with pytest.raises(IncompleteUpload, match="stream ended before"):
+        intake.receive("a", "k-a", 1.0, cut_short())
+    with pytest.raises(Unauthenticated, match="does not verify"):
+        intake.receive("a", "k-a", 1.0, complete_but_forged())
+    assert intake.close() is None
+
+
 def test_restored_contributions_count_once_and_a_late_one_is_refused_as_stale() -> None:
-    intake = RoundIntake(1, SPEC, allowed_encodings=RAW, max_concurrent=2)
+    intake = RoundIntake(1, SPEC, codec=RAW, max_concurrent=2)
     intake.restore("a", "k-a", 3.0, constant(1.0))
     with pytest.raises(WrongState, match="already contributed"):
         intake.restore("a", "k-a", 3.0, constant(1.0))

@@ -26,6 +26,7 @@ from jurisfed.auth.signatures import (
     verified_chunks,
     verify_signature,
 )
+from jurisfed.compression.codec import Codec, CodecKind
 from jurisfed.errors import ConfigError, InvalidInput, Unauthenticated
 from jurisfed.rpc.channel import open_channel
 from jurisfed.rpc.server import Service, serve
@@ -39,7 +40,7 @@ REGIONAL = Identity("EU", Tier.REGIONAL, "eu-1")
 SILO = Identity("EU", Tier.SILO, "hospital-a")
 OTHER_SILO = Identity("EU", Tier.SILO, "hospital-b")
 SPEC = ModelSpec("probe", (TensorSpec("w", (300, 7)), TensorSpec("b", (7,))))
-RAW = frozenset({tensors_pb2.ENCODING_RAW, tensors_pb2.ENCODING_INT8})
+RAW = Codec(CodecKind.RAW)
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +240,7 @@ def test_int8_chunks_are_digested_with_their_scale() -> None:
 
 
 def _intake() -> RoundIntake:
-    return RoundIntake(ROUND, SPEC, allowed_encodings=RAW, max_concurrent=2)
+    return RoundIntake(ROUND, SPEC, codec=RAW, max_concurrent=2)
 
 
 def test_a_signed_update_is_folded_once_its_signature_verifies(

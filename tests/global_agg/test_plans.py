@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from global_agg.plans import ContractIssuer, check_runnable, plan_from_settings, upstream_compression
+from global_agg.plans import ContractIssuer, check_runnable, plan_from_settings
 from jurisfed.audit.keys import load_public_keys
 from jurisfed.errors import InvalidInput, Unauthenticated
 from jurisfed.gates import GateConfig
@@ -24,17 +24,13 @@ BASE = BaseCheckpoint(version=2, sha256="ab" * 32, architecture="mlp-4-8-3")
 @pytest.mark.parametrize(
     ("change", "words"),
     [
-        ({"aggregation": Aggregation(silos="trimmed_mean(trim=0.1)")}, "aggregation: the tiers combine by"),
-        ({"compression": Compression(silo_to_regional=HopCompression("int8"))}, "silos upload raw float32"),
-        ({"compression": Compression(regional_to_global=HopCompression("top-k"))}, "raw or int8 aggregates"),
         (
             {
                 "aggregation": Aggregation(
-                    silos="clip(norm=5) > dp_gaussian(noise_multiplier=1.1, clip=1, clients=3)"
-                ),
-                "privacy": Privacy(max_epsilon=3.0),
+                    jurisdictions="dp_gaussian(noise_multiplier=1.1, clip=1, clients=3)"
+                )
             },
-            "privacy.max_epsilon: differential privacy is not applied",
+            "aggregation.jurisdictions: 'dp_gaussian(noise_multiplier=1.1, clip=1, clients=3)' adds DP noise",
         ),
         ({"gates": GateConfig(min_accuracy=0.8)}, "gates.min_accuracy: this global holds no probe set"),
     ],
@@ -48,11 +44,20 @@ def test_a_plan_the_tiers_cannot_carry_out_is_refused_before_it_runs(
     assert words in str(refused.value)
 
 
-def test_a_runnable_plan_passes_and_says_how_aggregates_travel() -> None:
+def test_robust_rules_screening_and_central_dp_at_the_regionals_are_runnable() -> None:
+    robust = Aggregation(silos="screen() > trimmed_mean(trim=0.2)", jurisdictions="screen() > median")
+    check_runnable(dataclasses.replace(PLAN, aggregation=robust), has_probe_set=False)
+    private = Aggregation(silos="clip(norm=5) > dp_gaussian(noise_multiplier=1.1, clip=1, clients=3)")
+    plan = dataclasses.replace(PLAN, aggregation=private, privacy=Privacy(max_epsilon=3.0))
+    check_runnable(plan, has_probe_set=False)
+
+
+def test_a_runnable_plan_passes_with_any_codec_on_either_hop() -> None:
     check_runnable(dataclasses.replace(PLAN, gates=GateConfig(max_accuracy_drop=0.05)), has_probe_set=True)
     check_runnable(dataclasses.replace(PLAN, gates=GateConfig(max_update_norm=10.0)), has_probe_set=False)
-    assert upstream_compression(PLAN.compression) == "none"
-    assert upstream_compression(Compression(regional_to_global=HopCompression("int8"))) == "int8"
+    for codec in ("raw", "int8", "int8-blocks", "top-k", "top-k-int8"):
+        hops = Compression(HopCompression(codec), HopCompression(codec))
+        check_runnable(dataclasses.replace(PLAN, compression=hops), has_probe_set=False)
 
 
 def test_the_configuration_keys_describe_a_plan() -> None:
@@ -71,7 +76,7 @@ def test_the_configuration_keys_describe_a_plan() -> None:
         2,
     )
     assert (plan.deadlines.silo_s, plan.deadlines.regional_s, plan.deadlines.global_s) == (57.0, 57.0, 60.0)
-    assert upstream_compression(plan.compression) == "int8"
+    assert plan.compression.regional_to_global.codec == "int8"
     check_runnable(plan, has_probe_set=False)
     with pytest.raises(ValueError, match="exceeds"):
         plan_from_settings(

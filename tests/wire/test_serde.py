@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from jurisfed.errors import InvalidInput
 from jurisfed.gates import GateConfig
+from jurisfed.policy.model import PrivacySpend
 from jurisfed.round_plan import Cohort, RoundPlan
 from jurisfed.rounds import (
     MAX_EXAMPLES_PER_SILO,
@@ -179,6 +181,30 @@ def test_aggregate_header_round_trips(round_number: int, cohort_size: int, per_s
     )
 
     assert serde.aggregate_header_from_proto(serde.aggregate_header_to_proto(header)) == header
+
+
+DECLARED = AggregateHeader(1, 5, 300, "EU/round-1", policy_sha256="sha256:" + "ab" * 32)
+
+
+def test_an_aggregate_header_carries_the_privacy_spent_or_none() -> None:
+    noisy = replace(DECLARED, privacy=PrivacySpend(epsilon=1.25, delta=1e-5, period_days=90))
+
+    assert serde.aggregate_header_from_proto(serde.aggregate_header_to_proto(noisy)) == noisy
+    assert serde.aggregate_header_from_proto(serde.aggregate_header_to_proto(DECLARED)).privacy is None
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "delta", "period_days"),
+    [(1.0, 0.0, 0), (0.0, 1e-5, 90), (math.nan, 1e-5, 90), (-1.0, 1e-5, 90), (1.0, 1.0, 90), (1.0, 1e-5, 0)],
+)
+def test_a_partial_or_impossible_privacy_declaration_is_refused(
+    epsilon: float, delta: float, period_days: int
+) -> None:
+    message = serde.aggregate_header_to_proto(DECLARED)
+    message.dp_epsilon, message.dp_delta, message.dp_period_days = epsilon, delta, period_days
+
+    with pytest.raises(InvalidInput, match="must all be zero"):
+        serde.aggregate_header_from_proto(message)
 
 
 def test_round_summary_round_trips_with_its_rejections() -> None:

@@ -63,6 +63,9 @@ class AggregateHeader(google.protobuf.message.Message):
     POLICY_SHA256_FIELD_NUMBER: builtins.int
     COMPRESSION_FIELD_NUMBER: builtins.int
     CONTENT_SIGNATURE_FIELD_NUMBER: builtins.int
+    DP_EPSILON_FIELD_NUMBER: builtins.int
+    DP_DELTA_FIELD_NUMBER: builtins.int
+    DP_PERIOD_DAYS_FIELD_NUMBER: builtins.int
     round: builtins.int
     cohort_size: builtins.int
     """Silos whose updates are in this aggregate."""
@@ -72,11 +75,20 @@ class AggregateHeader(google.protobuf.message.Message):
     policy_sha256: builtins.str
     """Attestation: "sha256:<hex>" of the residency policy the regional enforced on this aggregate."""
     compression: builtins.str
-    """How the chunks are encoded: "int8" or "none"."""
+    """How the chunks are encoded: the kind of the round contract's regional_to_global codec
+    (raw, int8, int8-blocks, top-k or top-k-int8); the global refuses any other.
+    """
     content_signature: builtins.bytes
     """ECDSA P-256 (DER) by the key of the regional's TLS certificate over (round, regional
     identity, SHA-256 of the chunks as streamed); see jurisfed/auth/signatures.py.
     """
+    dp_epsilon: builtins.float
+    """Differential privacy in this aggregate: the epsilon (at delta) the regional's ledger has
+    spent for its jurisdiction over the trailing dp_period_days, this release included. All
+    three zero: the regional added no noise. The global checks both policies against it.
+    """
+    dp_delta: builtins.float
+    dp_period_days: builtins.int
     @property
     def withheld_tensors(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """Tensors left out because the exporting jurisdiction's policy keeps them local."""
@@ -92,8 +104,11 @@ class AggregateHeader(google.protobuf.message.Message):
         policy_sha256: builtins.str = ...,
         compression: builtins.str = ...,
         content_signature: builtins.bytes = ...,
+        dp_epsilon: builtins.float = ...,
+        dp_delta: builtins.float = ...,
+        dp_period_days: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["cohort_size", b"cohort_size", "compression", b"compression", "content_signature", b"content_signature", "example_total", b"example_total", "idempotency_key", b"idempotency_key", "policy_sha256", b"policy_sha256", "round", b"round", "withheld_tensors", b"withheld_tensors"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["cohort_size", b"cohort_size", "compression", b"compression", "content_signature", b"content_signature", "dp_delta", b"dp_delta", "dp_epsilon", b"dp_epsilon", "dp_period_days", b"dp_period_days", "example_total", b"example_total", "idempotency_key", b"idempotency_key", "policy_sha256", b"policy_sha256", "round", b"round", "withheld_tensors", b"withheld_tensors"]) -> None: ...
 
 global___AggregateHeader = AggregateHeader
 

@@ -16,31 +16,31 @@ _sym_db = _symbol_database.Default()
 from jurisfed.wire.v1 import tensors_pb2 as jurisfed_dot_v1_dot_tensors__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jurisfed/v1/rounds.proto\x12\x0bjurisfed.v1\x1a\x19jurisfed/v1/tensors.proto\"`\n\x0eTrainingConfig\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x15\n\rlearning_rate\x18\x03 \x01(\x02\x12\x13\n\x0bproximal_mu\x18\x04 \x01(\x02\"\xfc\x02\n\x11RoundAnnouncement\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.jurisfed.v1.RoundState\x12\r\n\x05round\x18\x02 \x01(\x03\x12*\n\nmodel_spec\x18\x03 \x01(\x0b\x32\x16.jurisfed.v1.ModelSpec\x12-\n\x08training\x18\x04 \x01(\x0b\x32\x1b.jurisfed.v1.TrainingConfig\x12\x15\n\rdeadline_in_s\x18\x05 \x01(\x01\x12\x19\n\x11\x62\x61se_model_sha256\x18\x06 \x01(\t\x12\x17\n\x0fglobal_location\x18\x07 \x01(\t\x12\x1c\n\x14upstream_compression\x18\x08 \x01(\t\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12\x10\n\x08\x63ontract\x18\n \x01(\x0c\x12\x1a\n\x12\x63ontract_signature\x18\x0b \x01(\x0c\x12)\n\texclusion\x18\x0c \x01(\x0b\x32\x16.jurisfed.v1.Exclusion\")\n\tExclusion\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\">\n\x13WaitForRoundRequest\x12\x13\n\x0b\x61\x66ter_round\x18\x01 \x01(\x03\x12\x12\n\nmax_wait_s\x18\x02 \x01(\x01\"\"\n\x11\x46\x65tchModelRequest\x12\r\n\x05round\x18\x01 \x01(\x03\"\xec\x01\n\x0cRoundSummary\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x14\n\x0cparticipants\x18\x03 \x03(\t\x12\x15\n\rexample_total\x18\x04 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x05 \x01(\x03\x12 \n\x18\x66loat32_bytes_equivalent\x18\x06 \x01(\x03\x12\x13\n\x0bwall_time_s\x18\x07 \x01(\x01\x12\x14\n\x0cmodel_sha256\x18\x08 \x01(\t\x12*\n\nrejections\x18\t \x03(\x0b\x32\x16.jurisfed.v1.Rejection\"9\n\tRejection\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\\\n\x07LeftOut\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x13\n\x0bparticipant\x18\x02 \x01(\t\x12\x0f\n\x07\x64ropout\x18\x03 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\x8b\x01\n\x05\x43heck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tthreshold\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x13\n\x06passed\x18\x04 \x01(\x08H\x02\x88\x01\x01\x12\x10\n\x08sentence\x18\x05 \x01(\tB\x08\n\x06_valueB\x0c\n\n_thresholdB\t\n\x07_passed*r\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ROUND_STATE_WAITING\x10\x01\x12\x14\n\x10ROUND_STATE_OPEN\x10\x02\x12\x18\n\x14ROUND_STATE_FINISHED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jurisfed/v1/rounds.proto\x12\x0bjurisfed.v1\x1a\x19jurisfed/v1/tensors.proto\"`\n\x0eTrainingConfig\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x15\n\rlearning_rate\x18\x03 \x01(\x02\x12\x13\n\x0bproximal_mu\x18\x04 \x01(\x02\"\xfa\x02\n\x11RoundAnnouncement\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.jurisfed.v1.RoundState\x12\r\n\x05round\x18\x02 \x01(\x03\x12*\n\nmodel_spec\x18\x03 \x01(\x0b\x32\x16.jurisfed.v1.ModelSpec\x12-\n\x08training\x18\x04 \x01(\x0b\x32\x1b.jurisfed.v1.TrainingConfig\x12\x15\n\rdeadline_in_s\x18\x05 \x01(\x01\x12\x19\n\x11\x62\x61se_model_sha256\x18\x06 \x01(\t\x12\x17\n\x0fglobal_location\x18\x07 \x01(\t\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12\x10\n\x08\x63ontract\x18\n \x01(\x0c\x12\x1a\n\x12\x63ontract_signature\x18\x0b \x01(\x0c\x12)\n\texclusion\x18\x0c \x01(\x0b\x32\x16.jurisfed.v1.ExclusionJ\x04\x08\x08\x10\tR\x14upstream_compression\")\n\tExclusion\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\">\n\x13WaitForRoundRequest\x12\x13\n\x0b\x61\x66ter_round\x18\x01 \x01(\x03\x12\x12\n\nmax_wait_s\x18\x02 \x01(\x01\"\"\n\x11\x46\x65tchModelRequest\x12\r\n\x05round\x18\x01 \x01(\x03\"\xec\x01\n\x0cRoundSummary\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x14\n\x0cparticipants\x18\x03 \x03(\t\x12\x15\n\rexample_total\x18\x04 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x05 \x01(\x03\x12 \n\x18\x66loat32_bytes_equivalent\x18\x06 \x01(\x03\x12\x13\n\x0bwall_time_s\x18\x07 \x01(\x01\x12\x14\n\x0cmodel_sha256\x18\x08 \x01(\t\x12*\n\nrejections\x18\t \x03(\x0b\x32\x16.jurisfed.v1.Rejection\"9\n\tRejection\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\\\n\x07LeftOut\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x13\n\x0bparticipant\x18\x02 \x01(\t\x12\x0f\n\x07\x64ropout\x18\x03 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\x8b\x01\n\x05\x43heck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tthreshold\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x13\n\x06passed\x18\x04 \x01(\x08H\x02\x88\x01\x01\x12\x10\n\x08sentence\x18\x05 \x01(\tB\x08\n\x06_valueB\x0c\n\n_thresholdB\t\n\x07_passed*r\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ROUND_STATE_WAITING\x10\x01\x12\x14\n\x10ROUND_STATE_OPEN\x10\x02\x12\x18\n\x14ROUND_STATE_FINISHED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jurisfed.v1.rounds_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
-  _globals['_ROUNDSTATE']._serialized_start=1226
-  _globals['_ROUNDSTATE']._serialized_end=1340
+  _globals['_ROUNDSTATE']._serialized_start=1224
+  _globals['_ROUNDSTATE']._serialized_end=1338
   _globals['_TRAININGCONFIG']._serialized_start=68
   _globals['_TRAININGCONFIG']._serialized_end=164
   _globals['_ROUNDANNOUNCEMENT']._serialized_start=167
-  _globals['_ROUNDANNOUNCEMENT']._serialized_end=547
-  _globals['_EXCLUSION']._serialized_start=549
-  _globals['_EXCLUSION']._serialized_end=590
-  _globals['_WAITFORROUNDREQUEST']._serialized_start=592
-  _globals['_WAITFORROUNDREQUEST']._serialized_end=654
-  _globals['_FETCHMODELREQUEST']._serialized_start=656
-  _globals['_FETCHMODELREQUEST']._serialized_end=690
-  _globals['_ROUNDSUMMARY']._serialized_start=693
-  _globals['_ROUNDSUMMARY']._serialized_end=929
-  _globals['_REJECTION']._serialized_start=931
-  _globals['_REJECTION']._serialized_end=988
-  _globals['_LEFTOUT']._serialized_start=990
-  _globals['_LEFTOUT']._serialized_end=1082
-  _globals['_CHECK']._serialized_start=1085
-  _globals['_CHECK']._serialized_end=1224
+  _globals['_ROUNDANNOUNCEMENT']._serialized_end=545
+  _globals['_EXCLUSION']._serialized_start=547
+  _globals['_EXCLUSION']._serialized_end=588
+  _globals['_WAITFORROUNDREQUEST']._serialized_start=590
+  _globals['_WAITFORROUNDREQUEST']._serialized_end=652
+  _globals['_FETCHMODELREQUEST']._serialized_start=654
+  _globals['_FETCHMODELREQUEST']._serialized_end=688
+  _globals['_ROUNDSUMMARY']._serialized_start=691
+  _globals['_ROUNDSUMMARY']._serialized_end=927
+  _globals['_REJECTION']._serialized_start=929
+  _globals['_REJECTION']._serialized_end=986
+  _globals['_LEFTOUT']._serialized_start=988
+  _globals['_LEFTOUT']._serialized_end=1080
+  _globals['_CHECK']._serialized_start=1083
+  _globals['_CHECK']._serialized_end=1222
 # @@protoc_insertion_point(module_scope)

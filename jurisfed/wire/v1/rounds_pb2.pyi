@@ -86,7 +86,6 @@ class RoundAnnouncement(google.protobuf.message.Message):
     DEADLINE_IN_S_FIELD_NUMBER: builtins.int
     BASE_MODEL_SHA256_FIELD_NUMBER: builtins.int
     GLOBAL_LOCATION_FIELD_NUMBER: builtins.int
-    UPSTREAM_COMPRESSION_FIELD_NUMBER: builtins.int
     TRACEPARENT_FIELD_NUMBER: builtins.int
     CONTRACT_FIELD_NUMBER: builtins.int
     CONTRACT_SIGNATURE_FIELD_NUMBER: builtins.int
@@ -101,8 +100,6 @@ class RoundAnnouncement(google.protobuf.message.Message):
     """Where the global aggregator is hosted (its policy's hosting location), so that each
     regional can check before the round whether its policy lets an aggregate go there.
     """
-    upstream_compression: builtins.str
-    """How a regional must encode the aggregate it forwards: "int8" or "none"."""
     traceparent: builtins.str
     """W3C trace context of the round's span, so every tier's work joins one trace."""
     contract: builtins.bytes
@@ -131,14 +128,13 @@ class RoundAnnouncement(google.protobuf.message.Message):
         deadline_in_s: builtins.float = ...,
         base_model_sha256: builtins.str = ...,
         global_location: builtins.str = ...,
-        upstream_compression: builtins.str = ...,
         traceparent: builtins.str = ...,
         contract: builtins.bytes = ...,
         contract_signature: builtins.bytes = ...,
         exclusion: global___Exclusion | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["exclusion", b"exclusion", "model_spec", b"model_spec", "training", b"training"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["base_model_sha256", b"base_model_sha256", "contract", b"contract", "contract_signature", b"contract_signature", "deadline_in_s", b"deadline_in_s", "exclusion", b"exclusion", "global_location", b"global_location", "model_spec", b"model_spec", "round", b"round", "state", b"state", "traceparent", b"traceparent", "training", b"training", "upstream_compression", b"upstream_compression"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["base_model_sha256", b"base_model_sha256", "contract", b"contract", "contract_signature", b"contract_signature", "deadline_in_s", b"deadline_in_s", "exclusion", b"exclusion", "global_location", b"global_location", "model_spec", b"model_spec", "round", b"round", "state", b"state", "traceparent", b"traceparent", "training", b"training"]) -> None: ...
 
 global___RoundAnnouncement = RoundAnnouncement
 
