@@ -131,6 +131,7 @@ def run(config: GlobalConfig, stop: threading.Event) -> None:
         port=port,
         max_message_bytes=config.max_message_bytes,
         interceptors=interceptors,
+        health_address=split_address(config.health_listen) if config.health_listen else None,
     ) as server:
         rounds = threading.Thread(target=coordinator.run, args=(stop,), name="rounds", daemon=True)
         rounds.start()

@@ -39,6 +39,12 @@ class GlobalConfig:
     listen: str = setting(
         "host:port to serve regionals and operators on (port 0 picks a free port)", "127.0.0.1:50051"
     )
+    health_listen: str = setting(
+        "host:port of a plaintext listener that serves only the gRPC health protocol (SERVING or "
+        "NOT_SERVING, and `liveness`), for probes that cannot present a client certificate, such as "
+        "Kubernetes' native grpc probes; no other service, no data (docs/security.md); empty: none",
+        "",
+    )
     audit_key: Path | None = setting(
         "Ed25519 key that signs this tier's audit checkpoints; empty: made in state_dir on first start",
         None,

@@ -1,9 +1,10 @@
 """`python -m jurisfed.healthcheck`: ask a jurisfed server, over mutual TLS, whether it is serving.
 
-The probe behind the container image's HEALTHCHECK and the Kubernetes exec probes. Kubernetes'
-built-in gRPC probe cannot present a client certificate, and every jurisfed port requires one,
-so the probe runs inside the container with the node's own certificate and calls the standard
-``grpc.health.v1.Health/Check``.
+The probe behind the container image's HEALTHCHECK, and an operator's check (`kubectl exec ...
+jurisfed-node healthcheck`). Every jurisfed port requires a client certificate, so the probe
+runs beside the server with the node's own certificate and calls the standard
+``grpc.health.v1.Health/Check``. (Kubernetes' built-in gRPC probe, which cannot present one,
+asks the plaintext health-only port instead: `health_listen`, `jurisfed.rpc.health_listener`.)
 
 Exit status: 0 SERVING (with ``--live``: any answer at all); 1 the server answered, but not
 SERVING (starting, draining, or the service is unknown); 2 the probe cannot run (no address,

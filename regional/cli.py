@@ -4,29 +4,35 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import grpc
 
+from jurisfed.audit.events import AuditEvent, Detail, EventKind
 from jurisfed.audit.keys import load_public_keys
+from jurisfed.audit.log import AuditLog
 from jurisfed.audit.tier import open_tier_log
 from jurisfed.audit.witness_link import open_book
-from jurisfed.auth.identity import Tier
+from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import own_identity
 from jurisfed.auth.signatures import ContentSigner
 from jurisfed.auth.tokens import Role
+from jurisfed.compression.residual_file import ResidualFile
 from jurisfed.policy.guard import PolicyGuard, load_tier_policy
 from jurisfed.process import split_address, tier_main, write_ready_file
 from jurisfed.rpc.channel import open_authenticated_channel
 from jurisfed.rpc.jurisdiction_interceptor import JurisdictionInterceptor
 from jurisfed.rpc.peer_limits import PeerLimitInterceptor, PeerLimits
+from jurisfed.rpc.reachability import Change, Reachability
 from jurisfed.rpc.revocation_interceptor import revocation_interceptor
-from jurisfed.rpc.server import serve
+from jurisfed.rpc.server import RunningServer, serve
 from jurisfed.rpc.token_interceptor import token_interceptor
 from jurisfed.telemetry import Telemetry, required_by_policy
 from regional.aggregator import RegionalAggregator
 from regional.config import RegionalConfig
+from regional.personalization import Personalizer
 from regional.servicer import METHOD_ROLES, SERVICE, regional_service
-from regional.upstream import Upstream
+from regional.upstream import RESIDUAL_FILE, Upstream
 from regional.witness import WitnessLoop
 
 log = logging.getLogger("jurisfed.regional")
@@ -57,6 +63,11 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
         config.telemetry, identity, policy_strip=required_by_policy(policy, Tier.REGIONAL)
     )
     contract_key = load_public_keys(config.contract_key)[0] if config.contract_key is not None else None
+    personalizer = (
+        Personalizer.load(config.validation_set, min_gain=config.personalization_min_gain)
+        if config.validation_set is not None
+        else None
+    )
     aggregator = RegionalAggregator(
         identity,
         config.state_dir,
@@ -65,6 +76,7 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
         audit=audit,
         guard=PolicyGuard(policy, identity, audit),
         instruments=telemetry.instrumentation,
+        personalizer=personalizer,
     )
     aggregator.resume()  # before serving, so a silo's retry finds its round open again
     witnesses = open_book(config.state_dir, identity, config.witness_peers, audit)
@@ -96,15 +108,22 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
         port=port,
         max_message_bytes=config.max_message_bytes,
         interceptors=interceptors,
+        health_address=split_address(config.health_listen) if config.health_listen else None,
     ) as server:
+        reachability = Reachability(
+            "global aggregator", config.upstream_unreachable_s, _health_follows(server, audit, identity)
+        )
         upstream = Upstream(
             aggregator,
             dial_global,
             signer=ContentSigner.from_tls_files(config.tls),
             forward_margin_s=config.forward_margin_s,
             stop=stop,
+            residual=ResidualFile(config.state_dir / RESIDUAL_FILE),
+            exit_when_finished=config.exit_when_finished,
             quantization_seed=config.quantization_seed,
             contract_key=contract_key,
+            link=reachability,
         )
         follower = threading.Thread(target=upstream.run, name="upstream", daemon=True)
         follower.start()
@@ -126,3 +145,29 @@ def run(config: RegionalConfig, stop: threading.Event) -> None:
     witnesses.close()
     audit.close()
     log.info("stopped")
+
+
+def _health_follows(server: RunningServer, audit: AuditLog, identity: Identity) -> Callable[[Change], None]:
+    """Health NOT_SERVING while the global stays unreachable past the threshold; each change audited."""
+
+    def follow(change: Change) -> None:
+        server.set_serving(change.reachable, condition="upstream")
+        reason = (
+            f"the {change.peer} answers again after {change.failing_s:.0f} s"
+            if change.reachable
+            else f"the {change.peer} has been unreachable for {change.failing_s:.0f} s"
+        )
+        log.warning(
+            "health follows the upstream",
+            extra={"serving": change.reachable, "reason": reason},
+        )
+        audit.record(
+            AuditEvent(
+                EventKind.HEALTH_CHANGE,
+                actor=identity,
+                jurisdiction=identity.jurisdiction,
+                details={"serving": change.reachable, Detail.REASON: reason},
+            )
+        )
+
+    return follow

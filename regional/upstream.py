@@ -7,6 +7,11 @@ Before acting on a round it verifies the round's contract: signed by the global'
 registers over mutual TLS), for this round and this base model. A contract that does not
 verify is refused like a contract the policy refuses: declined, with the reason, and audited.
 A round resumed after a restart is taken over when the global still runs it, else abandoned.
+
+When the global's round plan ends it answers that the federation finished until an operator
+starts the next plan: the regional stays, idle, and asks again every IDLE_POLL_S, so it runs
+the next plan's rounds (numbered on from the last) without a restart; only a regional configured
+with `exit_when_finished` stops following the global and tells its silos the federation finished.
 """
 
 from __future__ import annotations
@@ -26,16 +31,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jurisfed import __version__
 from jurisfed.audit.keys import key_id, parse_public_keys
 from jurisfed.auth.signatures import ContentSigner, digest_chunks
+from jurisfed.compression.residual_file import ResidualFile
 from jurisfed.errors import ConfigError, InvalidInput, Unauthenticated
 from jurisfed.policy.model import Decision
 from jurisfed.round_contract import RoundContract, verify_contract
 from jurisfed.rounds import AggregateHeader, RoundAnnouncement, RoundState
 from jurisfed.rpc.channel import DEFAULT_DEADLINE_S
-from jurisfed.rpc.retry import with_retry
+from jurisfed.rpc.retry import Link, with_retry
 from jurisfed.telemetry import Attribute, SpanName, trace_context, traceparent
 from jurisfed.tensors import ModelSpec, Weights
 from jurisfed.wire import serde
-from jurisfed.wire.chunks import encode_tensors
+from jurisfed.wire.chunks import encode_compressed
 from jurisfed.wire.models import receive_model
 from jurisfed.wire.v1 import global_pb2, global_pb2_grpc, rounds_pb2, tensors_pb2
 from regional.aggregator import RegionalAggregator
@@ -47,6 +53,11 @@ log = logging.getLogger("jurisfed.regional.upstream")
 T = TypeVar("T")
 
 LONG_POLL_S = 20.0
+# Between plans the global answers FINISHED at once: ask again after this pause (never a busy
+# loop), so the next plan's first round is joined within seconds of its start.
+IDLE_POLL_S = 5.0
+# In state_dir: what top-k codecs have not yet sent of this jurisdiction's aggregates.
+RESIDUAL_FILE = "residual-regional_to_global.bin"
 
 
 class Upstream:
@@ -58,13 +69,21 @@ class Upstream:
         signer: ContentSigner,
         forward_margin_s: float,
         stop: threading.Event,
+        residual: ResidualFile,
+        exit_when_finished: bool,
         quantization_seed: int | None = None,
         contract_key: Ed25519PublicKey | None = None,
+        link: Link | None = None,
     ) -> None:
         """`dial` connects to the global aggregator (it may fail while the global is down);
-        `signer` signs every aggregate with this regional's certificate key; `contract_key`, if
-        given, is the only key whose round contracts this regional accepts."""
+        `signer` signs every aggregate with this regional's certificate key; `residual` keeps
+        what top-k codecs have not sent yet; `exit_when_finished`: stop following the global once
+        it says the federation finished, instead of waiting for its next plan; `contract_key`, if
+        given, is the only key whose round contracts this regional accepts; `link`, if given, hears
+        whether each call reached the global (the regional's health follows it)."""
         self._aggregator = aggregator
+        self._exit_when_finished = exit_when_finished
+        self._residual = residual
         self._dial = dial
         self._channel: grpc.Channel | None = None
         self._stub: global_pb2_grpc.GlobalAggregatorStub
@@ -77,25 +96,38 @@ class Upstream:
         )
         self._pinned_key = contract_key
         self._contract_key = contract_key
+        self._link = link
 
     def run(self) -> None:
-        """Follow the global's rounds until it says the federation finished or `stop` is set."""
+        """Follow the global's rounds, plan after plan, until `stop` is set (or, with
+        `exit_when_finished`, until the global says the federation finished)."""
         self._aggregator.wait_for_quorum_of_silos(self._stop)
         channel = self._call("reach the global aggregator", self._dial)
         if channel is None:
-            self._aggregator.finish()
+            if not self._stop.is_set():  # stopping: a round in flight stays open, for the restart
+                self._aggregator.finish()
             return
         self._channel = channel
         self._stub = global_pb2_grpc.GlobalAggregatorStub(channel)
         self._call("register with the global aggregator", self._register)
         last_round = 0
+        idle = False
         while not self._stop.is_set():
             announcement = self._call("wait for a round", partial(self._wait_for_round, last_round))
-            if announcement is None or announcement.state is RoundState.FINISHED:
+            if announcement is None:
                 break
+            if announcement.state is RoundState.FINISHED:
+                if self._exit_when_finished:
+                    break
+                if not idle:
+                    log.info("federation idle until the next round plan", extra={"last_round": last_round})
+                    idle = True
+                self._stop.wait(IDLE_POLL_S)
+                continue
             if announcement.state is RoundState.WAITING:
                 continue
             last_round = announcement.round
+            idle = False
             span = self._tracer.start_as_current_span(
                 SpanName.REGIONAL_ROUND,
                 context=trace_context(announcement.traceparent),
@@ -106,7 +138,8 @@ class Upstream:
             )
             with span:
                 self._run_round(announcement)
-        self._aggregator.finish()
+        if not self._stop.is_set():  # stopping: a round in flight stays open, for the restart
+            self._aggregator.finish()
         log.info("upstream finished", extra={"last_round": last_round})
 
     def close(self) -> None:
@@ -158,15 +191,22 @@ class Upstream:
         if closed.mean_delta is None:
             log.warning("round not forwarded", extra={"round": closed.number, "reason": closed.reason})
             return
-        export = self._plan(announcement, cohort_silos=closed.cohort_size)
+        export = self._plan(announcement, contract, cohort_silos=closed.cohort_size)
         if not export.allowed:
             self._decline(announcement, contract.sha256, export.decision, ran=True)
             return
         key = f"{self._aggregator.jurisdiction}-{closed.number}-{secrets.token_hex(8)}"
         with self._tracer.start_as_current_span(SpanName.REGIONAL_AGGREGATE):
-            self._call(
-                "submit the aggregate", lambda: self._submit(closed, spec, export, key, self._margin_s)
+            # Encoded once (the residual moves once), so the signature covers what every retry sends.
+            sent = spec.without(export.withheld)
+            delta: Weights = {t.name: closed.mean_delta[t.name] for t in sent.tensors}
+            encoded = self._residual.encode(sent, delta, export.codec, self._rng)
+            chunks = list(encode_compressed(sent, encoded))
+            delivered = self._call(
+                "submit the aggregate", lambda: self._submit(closed, chunks, export, key, self._margin_s)
             )
+            if delivered is None:
+                self._residual.undelivered(sent, encoded)
 
     def _open(self, announcement: RoundAnnouncement, contract: RoundContract, spec: ModelSpec) -> bool:
         """Check the round against local policy, fetch its model and open it locally."""
@@ -179,7 +219,12 @@ class Upstream:
             log.warning("joined round too late to take part", extra={"round": announcement.round})
             return False
         # The contract against local policy, with the largest cohort this regional could gather.
-        export = self._plan(announcement, cohort_silos=self._aggregator.registered_silos())
+        # The DP release this round would make against the jurisdiction's budget (privacy_budget.py).
+        over_budget = self._aggregator.privacy_refusal(contract, announcement.global_location)
+        if over_budget is not None:
+            self._decline(announcement, contract.sha256, over_budget)
+            return False
+        export = self._plan(announcement, contract, cohort_silos=self._aggregator.registered_silos())
         if not export.allowed:
             self._decline(announcement, contract.sha256, export.decision)
             return False
@@ -234,15 +279,16 @@ class Upstream:
         )
         return None
 
-    def _plan(self, announcement: RoundAnnouncement, *, cohort_silos: int) -> Export:
+    def _plan(self, announcement: RoundAnnouncement, contract: RoundContract, *, cohort_silos: int) -> Export:
         assert announcement.model_spec is not None
         return plan_export(
             self._aggregator.guard,
             announcement.model_spec,
             round_number=announcement.round,
             global_location=announcement.global_location,
-            compression=announcement.upstream_compression,
+            codec=contract.compression.regional_to_global.to_codec(),
             cohort_silos=cohort_silos,
+            privacy=self._aggregator.privacy_spend(contract, announcement.global_location),
         )
 
     def _decline(
@@ -280,13 +326,13 @@ class Upstream:
         return receive_model(chunks, announcement.model_spec, announcement.base_model_sha256)
 
     def _submit(
-        self, closed: ClosedRound, spec: ModelSpec, export: Export, key: str, timeout_s: float
-    ) -> None:
-        assert closed.mean_delta is not None
-        sent = spec.without(export.withheld)
-        delta: Weights = {t.name: closed.mean_delta[t.name] for t in sent.tensors}
-        encoding = tensors_pb2.ENCODING_INT8 if export.compression == "int8" else tensors_pb2.ENCODING_RAW
-        chunks = list(encode_tensors(sent, delta, encoding=encoding, rng=self._rng))
+        self,
+        closed: ClosedRound,
+        chunks: list[tensors_pb2.TensorChunk],
+        export: Export,
+        key: str,
+        timeout_s: float,
+    ) -> bool:
         header = serde.aggregate_header_to_proto(
             AggregateHeader(
                 closed.number,
@@ -295,8 +341,9 @@ class Upstream:
                 key,
                 withheld_tensors=export.withheld,
                 policy_sha256=export.decision.policy_sha256,
-                compression=export.compression,
+                compression=export.codec.kind.value,
                 content_signature=self._signer.sign(closed.number, digest_chunks(chunks)),
+                privacy=closed.privacy,
             )
         )
 
@@ -306,11 +353,12 @@ class Upstream:
                 yield global_pb2.AggregateMessage(chunk=chunk)
 
         response = self._stub.SubmitAggregate(messages(), timeout=max(timeout_s, 1.0))
-        self._aggregator.forwarded(closed, compression=export.compression)
+        self._aggregator.forwarded(closed, compression=export.codec.kind.value)
         log.info(
             "aggregate forwarded",
             extra={"round": closed.number, "silos": closed.cohort_size, "duplicate": response.duplicate},
         )
+        return True
 
     def _call(self, what: str, action: Callable[[], T]) -> T | None:
-        return with_retry(what, action, stop=self._stop, log=log)
+        return with_retry(what, action, stop=self._stop, log=log, link=self._link)

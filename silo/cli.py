@@ -14,6 +14,7 @@ from jurisfed.auth.pki import own_identity
 from jurisfed.auth.server_identity import wait_for_server_identity
 from jurisfed.auth.signatures import ContentSigner
 from jurisfed.auth.tokens import Role
+from jurisfed.compression.residual_file import ResidualFile
 from jurisfed.errors import NotAllowed
 from jurisfed.policy.guard import PolicyGuard, load_tier_policy
 from jurisfed.policy.model import Artifact, Endpoint, Flow
@@ -23,6 +24,9 @@ from jurisfed.telemetry import Telemetry, required_by_policy
 from silo.config import SiloConfig
 
 log = logging.getLogger("jurisfed.silo")
+
+# In state_dir: what top-k codecs have not yet sent of this silo's updates.
+RESIDUAL_FILE = "residual-silo_to_regional.bin"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,13 +70,14 @@ def run(config: SiloConfig, stop: threading.Event) -> None:
             signer = ContentSigner.from_tls_files(config.tls)
             traced = grpc.intercept_channel(channel, telemetry.client_interceptor())
             contract_key = load_public_keys(config.contract_key)[0] if config.contract_key else None
-            contract_key = load_public_keys(config.contract_key)[0] if config.contract_key else None
             client = SiloClient(
                 traced,
                 dataset,
                 seed=config.seed,
                 stop=stop,
                 signer=signer,
+                residual=ResidualFile(config.state_dir / RESIDUAL_FILE),
+                exit_when_finished=config.exit_when_finished,
                 tracer=telemetry.tracer,
                 contract_key=contract_key,
             )

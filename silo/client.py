@@ -1,8 +1,12 @@
 """The silo's round loop: dial the regional, wait for a task, train, stream the delta back.
 
-Only the silo dials; nothing dials into it. Transient failures (regional restarting, network)
-are retried with backoff; a refusal (round closed, invalid update) is logged and the silo
-moves on to the next round, so one bad round never stops it.
+The delta is encoded with the round contract's silo_to_regional codec; for the top-k codecs
+the silo keeps what it did not send (error feedback) in its state directory, so it is sent in
+later rounds, after a restart too. Only the silo dials; nothing dials into it. Transient
+failures (regional restarting, network) are retried with backoff; a refusal (round closed,
+invalid update) is logged and the silo moves on to the next round, so one bad round never
+stops it. Told the federation finished, it waits for the next round plan (asking again every
+IDLE_POLL_S), or, configured with `exit_when_finished`, returns.
 """
 
 from __future__ import annotations
@@ -17,21 +21,23 @@ from functools import partial
 from typing import TypeVar
 
 import grpc
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from opentelemetry import trace
 
 from jurisfed import __version__
 from jurisfed.auth.signatures import ContentSigner, digest_chunks
+from jurisfed.compression.residual_file import ResidualFile
 from jurisfed.errors import JurisfedError
 from jurisfed.modeling.mlp import Mlp
-from jurisfed.round_contract import verify_announced
+from jurisfed.round_contract import RoundContract, verify_announced
 from jurisfed.rounds import RoundAnnouncement, RoundState, UpdateHeader
 from jurisfed.rpc.channel import DEFAULT_DEADLINE_S
 from jurisfed.rpc.retry import with_retry
 from jurisfed.telemetry import Attribute, SpanName, trace_context
 from jurisfed.tensors import ModelSpec, Weights
 from jurisfed.wire import serde
-from jurisfed.wire.chunks import encode_tensors
+from jurisfed.wire.chunks import encode_compressed
 from jurisfed.wire.models import receive_model
 from jurisfed.wire.v1 import regional_pb2, regional_pb2_grpc, rounds_pb2, tensors_pb2
 from silo.data import LocalDataset, schema_sha256
@@ -41,6 +47,8 @@ log = logging.getLogger("jurisfed.silo")
 T = TypeVar("T")
 
 LONG_POLL_S = 20.0
+# A regional that says the federation finished says so at once: ask again after this pause.
+IDLE_POLL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,12 +67,19 @@ class SiloClient:
         seed: int,
         stop: threading.Event,
         signer: ContentSigner,
+        residual: ResidualFile,
+        exit_when_finished: bool,
         tracer: trace.Tracer | None = None,
         contract_key: Ed25519PublicKey | None = None,
     ) -> None:
         """With `contract_key` (the global's), the silo trains only for rounds whose signed
-        contract matches what its regional announced."""
+        contract matches what its regional announced. `residual` keeps what top-k codecs have
+        not sent yet. `exit_when_finished`: return once the regional says the federation
+        finished, instead of waiting for the next plan's rounds."""
         self._contract_key = contract_key
+        self._exit_when_finished = exit_when_finished
+        self._residual = residual
+        self._rng = np.random.default_rng()  # stochastic rounding, from the OS's entropy
         self._stub = regional_pb2_grpc.RegionalAggregatorStub(channel)
         self._signer = signer
         self._tracer = tracer or trace.NoOpTracer()
@@ -73,20 +88,31 @@ class SiloClient:
         self._stop = stop
 
     def run(self) -> list[RoundReport]:
-        """Take part in rounds until the federation finishes or `stop` is set."""
+        """Take part in rounds, plan after plan, until `stop` is set (or, with
+        `exit_when_finished`, until the federation finishes)."""
         self._call("register", self._register)
         reports: list[RoundReport] = []
         last_round = 0
+        idle = False
         while not self._stop.is_set():
             announcement = self._call("wait for a task", partial(self._wait_for_task, last_round))
-            if announcement is None or announcement.state is RoundState.FINISHED:
+            if announcement is None:
                 break
+            if announcement.state is RoundState.FINISHED:
+                if self._exit_when_finished:
+                    break
+                if not idle:
+                    log.info("federation idle until the next round plan", extra={"last_round": last_round})
+                    idle = True
+                self._stop.wait(IDLE_POLL_S)
+                continue
             if announcement.state is RoundState.WAITING:
                 if announcement.exclusion is not None:
                     last_round = announcement.round  # wait for the next round, not this one again
                     self._left_out(announcement)
                 continue
             last_round = announcement.round
+            idle = False
             # This silo's work joins the round's trace, under the regional's span.
             with self._tracer.start_as_current_span(
                 SpanName.SILO_TRAIN,
@@ -96,7 +122,7 @@ class SiloClient:
                 report = self._take_part(announcement)
             if report is not None:
                 reports.append(report)
-        log.info("federation finished", extra={"rounds_taken": len(reports)})
+        log.info("left the federation", extra={"rounds_taken": len(reports)})
         return reports
 
     def _left_out(self, announcement: RoundAnnouncement) -> None:
@@ -134,15 +160,9 @@ class SiloClient:
         spec, training = announcement.model_spec, announcement.training
         assert spec is not None
         assert training is not None
-        if self._contract_key is not None:
-            try:
-                verify_announced(announcement, self._contract_key, architecture=spec.architecture)
-            except JurisfedError as error:
-                log.error(
-                    "round refused: its contract does not hold",
-                    extra={"round": announcement.round, "reason": str(error)},
-                )
-                return None
+        contract = self._contract(announcement, spec)
+        if contract is None:
+            return None
         deadline = time.monotonic() + announcement.deadline_in_s
         start = self._call(
             "fetch the model", lambda: self._fetch_model(announcement.round, spec, announcement)
@@ -161,8 +181,10 @@ class SiloClient:
                 "s": round(time.monotonic() - began, 2),
             },
         )
-        # Encoded once, so the signature covers exactly the chunks every retry sends.
-        chunks = list(encode_tensors(spec, result.delta))
+        # Encoded once (the residual moves once), so the signature covers what every retry sends.
+        codec = contract.compression.silo_to_regional.to_codec()
+        encoded = self._residual.encode(spec, result.delta, codec, self._rng)
+        chunks = list(encode_compressed(spec, encoded))
         header = UpdateHeader(
             round=announcement.round,
             example_count=result.example_count,
@@ -174,7 +196,23 @@ class SiloClient:
             accepted = self._call(
                 "submit the update", lambda: self._submit(header, chunks, deadline - time.monotonic())
             )
+        if not accepted:
+            self._residual.undelivered(spec, encoded)
         return RoundReport(announcement.round, bool(accepted), result.train_loss)
+
+    def _contract(self, announcement: RoundAnnouncement, spec: ModelSpec) -> RoundContract | None:
+        """The round's contract: verified against the global's key when the silo holds it, else as
+        its regional (which verified it) relayed it; None, logged, when it does not hold."""
+        try:
+            if self._contract_key is not None:
+                return verify_announced(announcement, self._contract_key, architecture=spec.architecture)
+            return RoundContract.from_canonical_json(announcement.contract)
+        except JurisfedError as error:
+            log.error(
+                "round refused: its contract does not hold",
+                extra={"round": announcement.round, "reason": str(error)},
+            )
+            return None
 
     def _fetch_model(self, round_number: int, spec: ModelSpec, announcement: RoundAnnouncement) -> Weights:
         chunks = self._stub.FetchModel(

@@ -21,7 +21,10 @@ class SiloConfig:
         "this jurisdiction's signed residency policy (YAML): the silo sends updates only where it allows"
     )
     policy_keys: Path = setting("approver public keys trusted to sign the policy: a .pem file or a directory")
-    state_dir: Path = setting("directory for this silo's audit log of policy decisions")
+    state_dir: Path = setting(
+        "directory for this silo's audit log of policy decisions and the error-feedback residual of "
+        "its top-k compressed updates"
+    )
     token: TokenKeyFile = setting("this silo's token key, for its calls to the regional: key, kid")
     audit_key: Path | None = setting(
         "Ed25519 key that signs this silo's audit checkpoints; empty: made in state_dir on first start",
@@ -37,4 +40,9 @@ class SiloConfig:
         None,
     )
     seed: int = setting("seed of local training (shuffling, dropout)", 0)
+    exit_when_finished: bool = setting(
+        "when the regional says the federation finished: true: exit (status 0), for runs meant to "
+        "end, such as the demo; false: stay up, idle, and take part in the rounds of the next plan",
+        False,
+    )
     connect_timeout_s: float = setting("how long to wait for the regional to be reachable at start", 120.0)

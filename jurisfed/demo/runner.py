@@ -236,6 +236,8 @@ def _start_federation(
                     "telemetry": _telemetry(fleet, f"regional-{jurisdiction.name}"),
                     "listen": "127.0.0.1:0",
                     "min_silos": len(jurisdiction.silos),
+                    # The demo ends with its plan: the regional tells its silos, and they exit.
+                    "exit_when_finished": True,
                     # Reproducible runs: the same --seed gives the same table.
                     "quantization_seed": settings.seed * 1000 + index,
                 },
@@ -264,6 +266,7 @@ def _start_federation(
                         "contract_key": contract_public,
                         "telemetry": _telemetry(fleet, silo.name),
                         "seed": settings.seed,
+                        "exit_when_finished": True,
                     },
                     ready=False,
                 )

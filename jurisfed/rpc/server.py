@@ -2,13 +2,16 @@
 
 `serve` is a context manager: the server listens on entry and stops gracefully on exit.
 Health starts NOT_SERVING for every service; the owner calls `set_serving(True)` once it is
-really ready, and `stop` flips it back before draining calls, so load balancers and clients
-that watch health stop sending work first.
+really ready (and `set_serving(False, condition=...)` while something it needs is missing, such
+as an unreachable upstream), and `stop` flips it back before draining calls, so load balancers
+and clients that watch health stop sending work first.
+
+Optionally a second, plaintext listener serves the health protocol alone (see
+`jurisfed.rpc.health_listener`), for probes that cannot present a client certificate.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
@@ -21,10 +24,14 @@ from grpc_reflection.v1alpha import reflection
 
 from jurisfed.auth.pki import TlsFiles
 from jurisfed.errors import ConfigError
+from jurisfed.rpc.addresses import bindable_host, cannot_listen, dialable_host
+from jurisfed.rpc.health_listener import HealthListener
 from jurisfed.rpc.interceptors import ErrorMappingInterceptor
 
 DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 DEFAULT_GRACE_S = 5.0
+# The condition `set_serving` reports by default: the owner is ready to do its work.
+READY = "ready"
 
 # Clients ping every 30 s (see `channel`); accept pings down to every 20 s, even with no call
 # in flight. The server pings idle clients every 60 s to drop dead connections (a silo whose
@@ -65,39 +72,57 @@ class RunningServer:
         service_names: Sequence[str],
         host: str,
         port: int,
+        health_listener: HealthListener | None = None,
     ) -> None:
         self._server = server
         self._executor = executor
         self._health = health_servicer
+        self._health_listener = health_listener
         self._service_names = (health.OVERALL_HEALTH, *service_names)
         self._lock = threading.Lock()
+        self._conditions: dict[str, bool] = {READY: False}
         self._stopped = False
         self.port: int = port
-        self.address: str = f"{_dialable_host(host)}:{port}"
+        self.address: str = f"{dialable_host(host)}:{port}"
+        self.health_port: int | None = None if health_listener is None else health_listener.port
 
-    def set_serving(self, serving: bool) -> None:
-        """Report every hosted service, and the server as a whole (""), as SERVING or NOT_SERVING.
+    def set_serving(self, serving: bool, *, condition: str = READY) -> None:
+        """Report whether `condition` holds. Every hosted service, and the server as a whole (""),
+        is SERVING while every condition reported so far holds (READY included), else NOT_SERVING.
 
         Has no effect once `stop` has begun: a stopping server stays NOT_SERVING.
         """
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in self._service_names:
-            self._health.set(name, status)
+        with self._lock:
+            if self._stopped:
+                return
+            self._conditions[condition] = serving
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if all(self._conditions.values())
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in self._service_names:
+                self._health.set(name, status)
+            if self._health_listener is not None:
+                self._health_listener.mirror(self._service_names, status)
 
     def stop(self, grace_s: float) -> None:
         """Flip health to NOT_SERVING, refuse new calls and give running ones `grace_s` to finish.
 
-        Idempotent; returns when the server has stopped.
+        The health-only listener, if any, answers NOT_SERVING (and still alive) while calls
+        drain, and stops last. Idempotent; returns when the server has stopped.
         """
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
-        self._health.enter_graceful_shutdown()
+            self._health.enter_graceful_shutdown()
+            if self._health_listener is not None:
+                self._health_listener.mirror(self._service_names, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server.stop(grace_s).wait()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._health_listener is not None:
+            self._health_listener.stop()
 
 
 @contextmanager
@@ -110,10 +135,13 @@ def serve(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_workers: int = 32,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    health_address: tuple[str, int] | None = None,
 ) -> Iterator[RunningServer]:
     """Serve `services` over mTLS (clients must present a certificate from the federation CA).
 
     `interceptors` run inside the error mapping, so what they raise reaches peers as a status.
+    `health_address` (host, port), if given, is where a plaintext listener serves nothing but
+    grpc.health.v1.Health, mirroring this server's health (`jurisfed.rpc.health_listener`).
 
     Port 0 picks a free port (see `RunningServer.port`). Health answers NOT_SERVING until
     the caller's `set_serving(True)`. On exit the server stops with a 5 s grace period.
@@ -126,6 +154,7 @@ def serve(
         ((key, cert),), root_certificates=ca_cert, require_client_auth=True
     )
 
+    listener = None if health_address is None else HealthListener.start(*health_address)
     executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="jurisfed-rpc")
     try:
         running = _start(
@@ -136,9 +165,12 @@ def serve(
             port=port,
             max_message_bytes=max_message_bytes,
             interceptors=interceptors,
+            health_listener=listener,
         )
     except BaseException:
         executor.shutdown(wait=False, cancel_futures=True)
+        if listener is not None:
+            listener.stop()
         raise
     try:
         yield running
@@ -155,6 +187,7 @@ def _start(
     port: int,
     max_message_bytes: int,
     interceptors: Sequence[grpc.ServerInterceptor],
+    health_listener: HealthListener | None,
 ) -> RunningServer:
     names = [service.name for service in services]
     server = grpc.server(
@@ -183,15 +216,15 @@ def _start(
         service.register(server)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    address = f"{_bindable_host(host)}:{port}"
+    address = f"{bindable_host(host)}:{port}"
     try:
         bound_port = server.add_secure_port(address, credentials)
     except RuntimeError:  # gRPC logs the operating system's reason on stderr
         bound_port = 0
     if bound_port == 0:
-        raise ConfigError(
-            f"cannot listen on {address}: the port is in use, or the host is not an address of this machine"
-        )
+        raise ConfigError(cannot_listen(address))
+    if health_listener is not None:
+        health_listener.mirror((health.OVERALL_HEALTH, *names), health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
     return RunningServer(
         server=server,
@@ -200,22 +233,8 @@ def _start(
         service_names=names,
         host=host,
         port=bound_port,
+        health_listener=health_listener,
     )
-
-
-def _bindable_host(host: str) -> str:
-    """`host` as gRPC wants it in an address: IPv6 literals in brackets."""
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return host
-    return f"[{ip}]" if ip.version == 6 else str(ip)
-
-
-def _dialable_host(host: str) -> str:
-    """Where a local client reaches a server bound to `host` (the loopback for wildcards)."""
-    bracketed = _bindable_host(host)
-    return {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(bracketed, bracketed)  # noqa: S104
 
 
 # Longest a long poll (WaitForTask, WaitForRound) holds a worker thread, whatever the caller asks.

@@ -27,6 +27,7 @@ from jurisfed.auth.pki import create_ca, issue
 from jurisfed.auth.revocation import publish_crl
 from jurisfed.auth.token_keys import generate_token_key
 from jurisfed.config import load_config
+from jurisfed.rpc.health_listener import LIVENESS
 from regional.config import RegionalConfig
 from silo.config import SiloConfig
 
@@ -37,6 +38,7 @@ BASES = ("default-deny", "global", "regional", "silo")
 JURISDICTIONS = ("EU", "IN", "US")
 GRPC_PORT = {"global": 50051, "regional": 50061}
 METRICS_PORT = 9464
+HEALTH_PORT = 8081
 
 Doc = dict[str, Any]
 
@@ -182,13 +184,17 @@ def _container(rendered: Rendered, tier: str) -> tuple[Doc, Doc]:
 
 
 def _config(rendered: Rendered, overlay: str, tmp_path: Path) -> GlobalConfig | RegionalConfig:
+    """The tier's configuration as its container reads it: the ConfigMap's file and the container's
+    environment."""
     tier = _tier(overlay)
     data = rendered.generated("ConfigMap", f"{tier}-config")["data"]
     path = tmp_path / f"{tier}.yaml"
     path.write_text(data[f"{tier}.yaml"])
+    _, container = _container(rendered, tier)
+    environ = {e["name"]: e["value"] for e in container.get("env", [])}
     if tier == "global":
-        return load_config(GlobalConfig, path, env_prefix="global", environ={})
-    return load_config(RegionalConfig, path, env_prefix="regional", environ={})
+        return load_config(GlobalConfig, path, env_prefix="global", environ=environ)
+    return load_config(RegionalConfig, path, env_prefix="regional", environ=environ)
 
 
 def _mounted(rendered: Rendered, pod: Doc, container: Doc, path: Path) -> str:
@@ -279,13 +285,20 @@ def test_ports_probes_and_services_agree_with_the_config(
     assert config.listen.startswith("0.0.0.0:")  # reachable from other pods
     assert port == GRPC_PORT[tier]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": port, "metrics": METRICS_PORT}
+    assert ports == {"grpc": port, "metrics": METRICS_PORT, "health": HEALTH_PORT}
     assert config.telemetry.metrics_listen == f"0.0.0.0:{METRICS_PORT}"  # what the metrics port serves
+    assert config.health_listen == f"0.0.0.0:{HEALTH_PORT}"  # what the health port serves
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["JURISFED_HEALTHCHECK_ADDRESS"] == f"127.0.0.1:{port}"
-    assert container["readinessProbe"]["exec"]["command"] == ["jurisfed-node", "healthcheck"]
-    assert container["startupProbe"]["exec"]["command"] == ["jurisfed-node", "healthcheck"]
-    assert container["livenessProbe"]["exec"]["command"] == ["jurisfed-node", "healthcheck", "--live"]
+    assert env["JURISFED_HEALTHCHECK_ADDRESS"] == f"127.0.0.1:{port}"  # kubectl exec ... healthcheck
+    # Native gRPC probes on the health-only port: readiness asks for the whole server, liveness
+    # and startup for `liveness` (alive while starting, waiting or draining).
+    probes = {name: container[name] for name in ("startupProbe", "readinessProbe", "livenessProbe")}
+    for name, probe in probes.items():
+        handlers = {"exec", "grpc", "httpGet", "tcpSocket"} & set(probe)
+        assert handlers == {"grpc"}, (name, handlers)
+        assert probe["grpc"]["port"] == HEALTH_PORT, name
+    assert probes["readinessProbe"]["grpc"].get("service", "") == ""
+    assert probes["livenessProbe"]["grpc"]["service"] == probes["startupProbe"]["grpc"]["service"] == LIVENESS
     service = rendered.one("Service", tier)
     assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
         "grpc": (port, "grpc"),
@@ -441,6 +454,10 @@ def test_a_regional_admits_its_own_silos_and_nothing_else(
     for stranger in (STRANGER, KUBE_DNS, regional, _pod(overlays["global"], "global")):
         assert not admits(rendered, regional, stranger, grpc)
     assert admits(rendered, regional, PROMETHEUS, METRICS_PORT)
+    # The health-only port is for the kubelet, whose probes come from the pod's own node, which
+    # NetworkPolicy does not filter: no pod, not even its own silos, is admitted to it.
+    for peer in (own_silo, PROMETHEUS, STRANGER, KUBE_DNS, regional, _pod(overlays["global"], "global")):
+        assert not admits(rendered, regional, peer, HEALTH_PORT)
     assert not admits(rendered, regional, PROMETHEUS, grpc)
     # Structurally: on the gRPC port, every peer names this jurisdiction's silos in both selectors.
     for rule in _rules(rendered, regional, "ingress"):
@@ -506,6 +523,8 @@ def test_the_global_admits_regionals_and_reaches_nothing(
         )
     assert not admits(rendered, global_pod, STRANGER, GRPC_PORT["global"])
     assert admits(rendered, global_pod, PROMETHEUS, METRICS_PORT)
+    for peer in (PROMETHEUS, STRANGER, *(_pod(overlays[j.lower()], "regional") for j in JURISDICTIONS)):
+        assert not admits(rendered, global_pod, peer, HEALTH_PORT)
     assert list(_rules(rendered, global_pod, "egress")) == []
     assert not reaches(rendered, global_pod, KUBE_DNS, 53, "UDP")
 

@@ -35,6 +35,7 @@ from jurisfed.demo.fleet import Fleet, Member
 from jurisfed.modeling.mlp import Mlp
 from jurisfed.operator.client import OperatorClient
 from jurisfed.policy.loader import read_policy
+from jurisfed.policy.model import PrivacySpend
 from jurisfed.rounds import RoundState
 from jurisfed.rpc.channel import open_authenticated_channel
 from jurisfed.store.blobs import BlobStore
@@ -200,8 +201,16 @@ class TestRegional:
         return receive_model(chunks, SPEC, announcement.base_model_sha256)
 
     def submit(
-        self, round_number: int, delta: Weights, *, examples: int, key: str, cohort: int = 5
+        self,
+        round_number: int,
+        delta: Weights,
+        *,
+        examples: int,
+        key: str,
+        cohort: int = 5,
+        privacy: PrivacySpend | None = None,
     ) -> global_pb2.SubmitAggregateResponse:
+        """Send `delta` as this jurisdiction's aggregate; `privacy`: the DP spend it declares."""
         rng = np.random.default_rng(len(key))
         withheld = LOCAL_LAYERS.get(self.jurisdiction, ())
         sent = SPEC.without(withheld)
@@ -217,6 +226,9 @@ class TestRegional:
             compression="int8",
             content_signature=self.signer.sign(round_number, digest_chunks(chunks)),
         )
+        if privacy is not None:
+            header.dp_epsilon, header.dp_delta = privacy.epsilon, privacy.delta
+            header.dp_period_days = privacy.period_days
         messages = [global_pb2.AggregateMessage(header=header)]
         messages += [global_pb2.AggregateMessage(chunk=c) for c in chunks]
         response: global_pb2.SubmitAggregateResponse = retry(
@@ -296,6 +308,8 @@ class Cluster:
             "listen": f"127.0.0.1:{port}",
             "min_silos": 1,
             "forward_margin_s": 1.0,
+            # These runs end with their plan: the regional tells its silos the federation finished.
+            "exit_when_finished": True,
             **settings,
         }
         name = f"regional-{jurisdiction}"

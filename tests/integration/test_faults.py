@@ -13,13 +13,11 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rounds_support import (
-    POLICY_EDITS,
     SPEC,
     Cluster,
     assert_rounds_add_up,
@@ -32,15 +30,6 @@ from rounds_support import (
 from jurisfed.store.tier_state import RoundStatus
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def cluster(
-    tmp_path: Path, pki: Path, signed_policy_set: Callable[[Path, dict[str, Callable[[str], str]]], Path]
-) -> Iterator[Cluster]:
-    running = Cluster.create(tmp_path / "run", pki, signed_policy_set(tmp_path / "policies", POLICY_EDITS))
-    yield running
-    running.close()
 
 
 def left_out(cluster: Cluster, tier: str, number: int) -> dict[str, str]:

@@ -129,6 +129,10 @@ def test_two_jurisdictions_two_silos_two_rounds_train_the_model(
     kinds = [AuditRecord.from_line(line).event.kind for line in log_lines]
     assert kinds.count(EventKind.COMMIT) == 2
     assert kinds.count(EventKind.AGGREGATE_RECEIVED) == 4
+    for regional in ("regional-EU", "regional-US"):  # each committed its own model of both rounds too
+        lines = (settings.out_dir / regional / "audit.log.jsonl").read_bytes().splitlines()
+        regional_kinds = [AuditRecord.from_line(line).event.kind for line in lines]
+        assert regional_kinds.count(EventKind.COMMIT) == 2, regional
 
 
 def _verify(log: Path, *witnesses: Path) -> subprocess.CompletedProcess[str]:

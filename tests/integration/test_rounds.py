@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rounds_support import (
     OPERATOR,
-    POLICY_EDITS,
     SPEC,
     Cluster,
     assert_rounds_add_up,
@@ -29,15 +27,6 @@ from jurisfed.wire.v1 import rounds_pb2
 pytestmark = pytest.mark.slow
 
 SCHEMA = "ab" * 32
-
-
-@pytest.fixture
-def cluster(
-    tmp_path: Path, pki: Path, signed_policy_set: Callable[[Path, dict[str, Callable[[str], str]]], Path]
-) -> Iterator[Cluster]:
-    running = Cluster.create(tmp_path / "run", pki, signed_policy_set(tmp_path / "policies", POLICY_EDITS))
-    yield running
-    running.close()
 
 
 def probe_set(path: Path) -> Path:
