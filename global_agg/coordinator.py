@@ -40,6 +40,7 @@ from jurisfed.audit.sink import AuditSink
 from jurisfed.auth.identity import GLOBAL_JURISDICTION, Identity, Tier
 from jurisfed.auth.roles import require_tier
 from jurisfed.errors import ConfigError, InvalidInput, JurisfedError, NotAllowed, WrongState
+from jurisfed.modeling.evaluation import MlpProbe
 from jurisfed.policy.guard import PolicyGuard
 from jurisfed.policy.model import Artifact, Endpoint, Flow
 from jurisfed.round_contract import BaseCheckpoint, RoundContract, SignedContract
@@ -395,6 +396,7 @@ class GlobalCoordinator:
             contract_signature=signed.signature,
             rule=contract.aggregation.jurisdictions_rule(),
             rule_state=self._rule_states.before(contract.aggregation.jurisdictions_rule(), contract.round),
+            probe=MlpProbe.of(self._spec.architecture, self._acceptance.probe, base),
         )
         self._live = _Live(opened, contract)
         self._declined.clear()

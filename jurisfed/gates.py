@@ -30,6 +30,7 @@ import numpy as np
 from jurisfed.aggregation.process import global_l2_norm
 from jurisfed.config import setting
 from jurisfed.errors import InvalidInput
+from jurisfed.modeling.evaluation import accuracy_and_loss
 from jurisfed.modeling.examples import LabelledExamples
 from jurisfed.modeling.mlp import Mlp
 from jurisfed.tensors import Weights, subtract
@@ -116,8 +117,8 @@ def evaluate_gates(
         raise InvalidInput(
             f"probe features have {probe.features.shape[1]} columns; the model takes {model.input_dim}"
         )
-    candidate_accuracy, candidate_loss = _accuracy_and_loss(model, candidate, probe)
-    committed_accuracy, committed_loss = _accuracy_and_loss(model, committed, probe)
+    candidate_accuracy, candidate_loss = accuracy_and_loss(model, candidate, probe)
+    committed_accuracy, committed_loss = accuracy_and_loss(model, committed, probe)
     update_norm = _update_norm(candidate, committed)
     checks = [_finite_check(candidate)]
     if config.max_accuracy_drop is not None:
@@ -221,15 +222,3 @@ def _at_most(name: GateName, value: float, threshold: float, finding: str) -> Ga
         passed,
         f"{name}: {finding}; at most {threshold:.4g} is allowed, so it {verdict}.",
     )
-
-
-def _accuracy_and_loss(model: Mlp, weights: Weights, probe: LabelledExamples) -> tuple[float, float]:
-    """Accuracy and mean softmax cross-entropy (natural log) of `weights` on the probe set."""
-    with np.errstate(all="ignore"):  # a poisoned candidate may overflow; its NaN then fails the gates
-        logits = model.logits(weights, probe.features).astype(np.float64)
-        accuracy = float(np.mean(np.argmax(logits, axis=1) == probe.labels))
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(shifted).sum(axis=1))
-        picked = shifted[np.arange(len(probe.labels)), probe.labels]
-        loss = float(np.mean(log_norm - picked))
-    return accuracy, loss

@@ -38,6 +38,7 @@ from jurisfed.auth.roles import require_tier
 from jurisfed.auth.signatures import StreamSignature
 from jurisfed.eligibility import Excluded, ExclusionReason
 from jurisfed.errors import InvalidInput, JurisfedError, NotAllowed, NotFound, WrongState
+from jurisfed.modeling.evaluation import MlpProbe
 from jurisfed.modeling.mlp import Mlp
 from jurisfed.participation import record_refusal
 from jurisfed.policy.guard import PolicyGuard
@@ -405,6 +406,7 @@ class RegionalAggregator:
             rule_state=self._rule_states.before(terms.rule, number),
             contract=terms.contract,
             contract_signature=terms.signature,
+            probe=self._probe(spec, local_base),
         )
         local = LocalRound(
             opened,
@@ -463,6 +465,7 @@ class RegionalAggregator:
             rule_state=self._rule_states.before(terms.rule, record.number),
             contract=terms.contract,
             contract_signature=terms.signature,
+            probe=self._probe(spec, base),
         )
         local = LocalRound(
             opened, terms, quorum=max(self._min_silos, terms.min_silos), quarantined=self._outliers.active()
@@ -547,6 +550,11 @@ class RegionalAggregator:
             return base
         own = self._blobs.get_weights(head.blob_sha256, spec)
         return {name: own[name] if name in local_layers else values for name, values in base.items()}
+
+    def _probe(self, spec: ModelSpec, base: Weights) -> MlpProbe | None:
+        """The screen's probe loss of `base` plus an update: on the validation set, if there is one."""
+        validation = self._personalizer.validation if self._personalizer is not None else None
+        return MlpProbe.of(spec.architecture, validation, base)
 
     def registered_silos(self) -> int:
         with self._changed:

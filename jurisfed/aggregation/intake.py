@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from jurisfed.aggregation.diagnostics import Diagnosis
+from jurisfed.aggregation.diagnostics import Diagnosis, ProbeLoss
 from jurisfed.aggregation.factories import WeightedMean
 from jurisfed.aggregation.process import AggregationFactory, Measurements, RuleState
+from jurisfed.aggregation.screening import ScreenProcess
 from jurisfed.aggregation.streaming_mean import StreamingWeightedMean
 from jurisfed.compression.codec import Codec
 from jurisfed.errors import InvalidInput, JurisfedError, TooLarge, Unauthenticated, WrongState
@@ -95,10 +96,12 @@ class RoundIntake:
         max_concurrent: int,
         rule: AggregationFactory | None = None,
         rule_state: RuleState | None = None,
+        probe: ProbeLoss | None = None,
     ) -> None:
         """`codec`: the round contract's codec for the hop; chunks in any other encoding are refused.
         `rule`: the tier's rule (None: the weighted mean); `rule_state`: its state after the
-        previous round (None: its initial state)."""
+        previous round (None: its initial state); `probe`: the loss of the round's base plus an
+        update on the tier's examples, for a screen's loss term (None: the tier holds none)."""
         self.round = round_number
         self.spec = spec
         self.codec = codec
@@ -110,7 +113,10 @@ class RoundIntake:
         else:
             process = self.rule.create(spec)
             self._state = rule_state if rule_state is not None else process.initialize()
-            self._accumulation = process.start(self._state)
+            if isinstance(process, ScreenProcess):
+                self._accumulation = process.start(self._state, probe=probe)
+            else:
+                self._accumulation = process.start(self._state)
         self._free = [TensorAssembler(spec, codec=codec) for _ in range(max_concurrent)]
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._lock = threading.Lock()

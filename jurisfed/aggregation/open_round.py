@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from jurisfed.aggregation.diagnostics import ProbeLoss
 from jurisfed.aggregation.intake import RoundIntake
 from jurisfed.aggregation.process import AggregationFactory, RuleState
 from jurisfed.compression.codec import Codec
@@ -55,10 +56,18 @@ class OpenRound:
         contract_signature: bytes = b"",
         rule: AggregationFactory | None = None,
         rule_state: RuleState | None = None,
+        probe: ProbeLoss | None = None,
     ) -> OpenRound:
-        """`rule` folds the contributions (None: the weighted mean), from `rule_state`."""
+        """`rule` folds the contributions (None: the weighted mean), from `rule_state`; `probe`, the
+        loss of `base` plus an update on the tier's examples, serves a screen's loss term."""
         intake = RoundIntake(
-            number, spec, codec=codec, max_concurrent=max_concurrent, rule=rule, rule_state=rule_state
+            number,
+            spec,
+            codec=codec,
+            max_concurrent=max_concurrent,
+            rule=rule,
+            rule_state=rule_state,
+            probe=probe,
         )
         now = time.monotonic()
         sha = base_sha256 if base_sha256 is not None else weights_sha256(spec, base)

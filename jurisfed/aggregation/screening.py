@@ -2,6 +2,7 @@
 
     screen(max_norm_ratio=4.0, min_cosine=0.0) > trimmed_mean(trim=0.2)
     screen() > clip(norm=5.0) > mean
+    screen(max_loss_increase=0.5) > mean
 
 Every update is diagnosed by the OutlierRule of diagnostics.py; an outlier is not handed to the
 rule it wraps, and its diagnosis names it, so the tier quarantines its sender. How depends on
@@ -14,17 +15,33 @@ the wrapped rule:
     handed to the rule. The screen keeps its own copy of each update meanwhile.
 A term of the rule is judged only once `min_reference` updates are at hand, so a round of two
 updates is not screened by direction. `screen` must come first; TFF has no counterpart.
+
+`max_loss_increase` (nats; unset: no loss term) judges each update by the probe loss of the
+round's base plus the update, on labelled examples the tier holds: the tier hands a ProbeLoss to
+`ScreenProcess.start` (intake.py, from OpenRound.start). A tier without examples runs the rule
+all the same, without the term: each diagnosis notes that the loss was not evaluated, the
+measurements hold `probe_loss_evaluated` 0, and the tier logs it when the round opens. Unset,
+the argument is left out of the canonical text, so rules without it keep their text and the
+state kept under it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
 
-from jurisfed.aggregation.diagnostics import Diagnosis, OutlierRule, UpdateScreen, screen_batch
+from jurisfed.aggregation.diagnostics import (
+    NOT_EVALUATED,
+    Diagnosis,
+    OutlierRule,
+    ProbeLoss,
+    UpdateScreen,
+    screen_batch,
+)
 from jurisfed.aggregation.process import (
     Accumulation,
     AggregationFactory,
@@ -37,6 +54,8 @@ from jurisfed.aggregation.process import (
 from jurisfed.errors import InvalidInput, WrongState
 from jurisfed.tensors import FloatArray, ModelSpec, Weights
 
+log = logging.getLogger("jurisfed.aggregation")
+
 _NORM_KEY = "norm.{:04d}"
 
 
@@ -46,6 +65,7 @@ class Screen(Wrapper):
     max_norm_ratio: float = 4.0
     min_cosine: float = 0.0
     min_reference: float = 3.0
+    max_loss_increase: float | None = None  # nats above the median probe loss; None: no loss term
 
     def __post_init__(self) -> None:
         if self.min_reference != int(self.min_reference):
@@ -58,10 +78,24 @@ class Screen(Wrapper):
             inner = getattr(inner, "inner", None)
 
     def outlier_rule(self) -> OutlierRule:
-        return OutlierRule(self.max_norm_ratio, self.min_cosine, int(self.min_reference))
+        return OutlierRule(
+            self.max_norm_ratio,
+            self.min_cosine,
+            int(self.min_reference),
+            max_loss_increase=self.max_loss_increase,
+        )
 
-    def create(self, spec: ModelSpec, *, rng: np.random.Generator | None = None) -> AggregationProcess:
-        return _ScreenProcess(spec, self, self.inner.create(spec, rng=rng))
+    def create(self, spec: ModelSpec, *, rng: np.random.Generator | None = None) -> ScreenProcess:
+        return ScreenProcess(spec, self, self.inner.create(spec, rng=rng))
+
+    def __str__(self) -> str:
+        """Every argument spelled out, as for any rule, but an unset max_loss_increase left out."""
+        settings = [
+            f"{f.name}={float(value)!r}"
+            for f in fields(self)
+            if f.name != "inner" and (value := getattr(self, f.name)) is not None
+        ]
+        return f"{self.name}({', '.join(settings)}) > {self.inner}"
 
     def to_tff(self) -> Any:
         raise NotImplementedError("TFF has no outlier screen; its rule is tested against diagnostics.py")
@@ -78,7 +112,7 @@ def screened(factory: AggregationFactory) -> bool:
     return isinstance(factory, Screen)
 
 
-class _ScreenProcess(AggregationProcess):
+class ScreenProcess(AggregationProcess):
     def __init__(self, spec: ModelSpec, rule: Screen, inner: AggregationProcess) -> None:
         super().__init__(spec)
         self.rule = rule
@@ -88,23 +122,35 @@ class _ScreenProcess(AggregationProcess):
     def initialize(self) -> RuleState:
         return RuleState(inner=self.inner.initialize())
 
-    def start(self, state: RuleState, *, expected_updates: int = 0) -> Accumulation:
+    def start(
+        self, state: RuleState, *, expected_updates: int = 0, probe: ProbeLoss | None = None
+    ) -> Accumulation:
+        """`probe`: the loss of this round's base plus an update on the tier's examples (None: the
+        tier holds none, and the loss term is left out)."""
         if state.inner is None:
             raise InvalidInput("state of screen lacks its inner rule's state")
+        if self.rule.max_loss_increase is not None and probe is None:
+            log.warning("screen: %s", NOT_EVALUATED, extra={"rule": str(self.rule)})
         if self.batch:
-            return _BatchScreen(self, state.inner)
+            return _BatchScreen(self, state.inner, probe)
         norms = [value for _, value in sorted(state.values)]
-        return _StreamScreen(self, state.inner, norms, expected_updates)
+        return _StreamScreen(self, state.inner, norms, expected_updates, probe)
 
 
 class _StreamScreen(Accumulation):
     """Judges each update as it arrives; only admitted updates reach the inner rule."""
 
     def __init__(
-        self, process: _ScreenProcess, inner_state: RuleState, norms: list[float], expected: int
+        self,
+        process: ScreenProcess,
+        inner_state: RuleState,
+        norms: list[float],
+        expected: int,
+        probe: ProbeLoss | None,
     ) -> None:
         self._process = process
-        self._screen = UpdateScreen(process.spec, process.rule.outlier_rule(), norms=norms)
+        self._probe = probe
+        self._screen = UpdateScreen(process.spec, process.rule.outlier_rule(), norms=norms, probe=probe)
         self._inner = process.inner.start(inner_state, expected_updates=expected)
         self._diagnoses: list[Diagnosis] = []
 
@@ -116,7 +162,7 @@ class _StreamScreen(Accumulation):
         diagnosis = self._screen.inspect(sender, update)
         if not diagnosis.outlier:
             self._inner.add(update, weight)  # a malformed update raises here, before it is admitted
-            self._screen.admit(update)
+            self._screen.admit(update, probe_loss=diagnosis.probe_loss)
         self._diagnoses.append(diagnosis)
 
     @property
@@ -129,15 +175,16 @@ class _StreamScreen(Accumulation):
         inner = self._inner.finish()
         norms = self._screen.norms
         state = RuleState(tuple((_NORM_KEY.format(i), n) for i, n in enumerate(norms)), inner.state)
-        return Output(state, inner.result, _measurements(inner, self._diagnoses))
+        return Output(state, inner.result, _measurements(self._process, inner, self._diagnoses, self._probe))
 
 
 class _BatchScreen(Accumulation):
     """Holds a copy of every update; at the close judges them together and folds the admitted."""
 
-    def __init__(self, process: _ScreenProcess, inner_state: RuleState) -> None:
+    def __init__(self, process: ScreenProcess, inner_state: RuleState, probe: ProbeLoss | None) -> None:
         self._process = process
         self._inner_state = inner_state
+        self._probe = probe
         self._held: dict[str, tuple[Weights, float]] = {}
         self._diagnoses: tuple[Diagnosis, ...] = ()
 
@@ -160,7 +207,8 @@ class _BatchScreen(Accumulation):
         if not self._held:
             raise WrongState("no update has been added, so there is nothing to aggregate")
         rule = self._process.rule.outlier_rule()
-        judged = screen_batch(self._process.spec, {s: u for s, (u, _) in self._held.items()}, rule)
+        held = {sender: update for sender, (update, _) in self._held.items()}
+        judged = screen_batch(self._process.spec, held, rule, probe=self._probe)
         self._diagnoses = tuple(judged[sender] for sender in self._held)
         admitted = [self._held[d.sender] for d in self._diagnoses if not d.outlier]
         if not admitted:
@@ -170,14 +218,24 @@ class _BatchScreen(Accumulation):
             inner.add(update, weight)
         self._held.clear()
         output = inner.finish()
-        return Output(RuleState(inner=output.state), output.result, _measurements(output, self._diagnoses))
+        measurements = _measurements(self._process, output, self._diagnoses, self._probe)
+        return Output(RuleState(inner=output.state), output.result, measurements)
 
 
-def _measurements(inner: Output, diagnoses: list[Diagnosis] | tuple[Diagnosis, ...]) -> dict[str, Any]:
+def _measurements(
+    process: ScreenProcess,
+    inner: Output,
+    diagnoses: list[Diagnosis] | tuple[Diagnosis, ...],
+    probe: ProbeLoss | None,
+) -> dict[str, Any]:
     finite = [d.score for d in diagnoses if d.score < float("inf")]
-    return {
+    measurements: dict[str, Any] = {
         "screening": inner.measurements,
         "screened_count": len(diagnoses),
         "excluded_count": sum(d.outlier for d in diagnoses),
         "max_score": max(finite, default=0.0),
     }
+    if process.rule.max_loss_increase is not None:  # a rule without the term measures what it did
+        measurements["probe_loss_evaluated"] = 0.0 if probe is None else 1.0
+        measurements["probe_examples"] = 0.0 if probe is None else float(probe.size)
+    return measurements
