@@ -37,6 +37,7 @@ from ingest_server import JURISDICTION, ROUND, SINK_METHOD, bench_spec  # bench/
 
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import TlsFiles, create_ca, issue
+from jurisfed.auth.signatures import ContentSigner, digest_chunks
 from jurisfed.rpc.channel import open_channel
 from jurisfed.tensors import FloatArray
 from jurisfed.wire.chunks import MAX_CHUNK_BYTES, encode_tensors
@@ -128,6 +129,7 @@ class Silo:
         identity = Identity(JURISDICTION, Tier.SILO, node)
         files: TlsFiles = issue(pki, identity, work / "silos" / node)
         self.node = node
+        self.signer = ContentSigner.from_tls_files(files)  # every update is signed, as a silo signs it
         self.channel = open_channel(address, files)
         stub = regional_pb2_grpc.RegionalAggregatorStub(self.channel)
         stub.RegisterSilo(regional_pb2.RegisterSiloRequest(example_count=EXAMPLES), timeout=30)
@@ -137,11 +139,14 @@ class Silo:
         )
         self._sink = self.channel.stream_unary(SINK_METHOD)
 
-    def submit(self, chunks: list[bytes]) -> None:
+    def submit(self, update: EncodedUpdate) -> None:
         header = regional_pb2.UpdateHeader(
-            round=ROUND, example_count=EXAMPLES, idempotency_key=f"{self.node}-update"
+            round=ROUND,
+            example_count=EXAMPLES,
+            idempotency_key=f"{self.node}-update",
+            content_signature=self.signer.sign(ROUND, update.digest),
         )
-        messages = [regional_pb2.UpdateMessage(header=header).SerializeToString(), *chunks]
+        messages = [regional_pb2.UpdateMessage(header=header).SerializeToString(), *update.messages]
         response = self._submit(iter(messages), timeout=CALL_TIMEOUT_S)
         if not response.accepted or response.duplicate:
             raise RuntimeError(f"{self.node}: update not accepted as new: {response}")
@@ -152,11 +157,19 @@ class Silo:
             raise RuntimeError(f"the sink counted {counted} bytes")
 
 
-def encoded_update(floats: int, values: FloatArray) -> list[bytes]:
-    """The chunk messages of one update, serialized: what a silo puts on the wire after its header."""
+@dataclass(frozen=True)
+class EncodedUpdate:
+    messages: list[bytes]  # the chunk messages, serialized: what a silo puts on the wire after its header
+    digest: bytes  # of the chunks, which each silo signs with its own key
+
+
+def encoded_update(floats: int, values: FloatArray) -> EncodedUpdate:
     spec = bench_spec(floats)
     weights = {"dense/kernel": values.reshape(spec.tensors[0].shape)}
-    return [regional_pb2.UpdateMessage(chunk=c).SerializeToString() for c in encode_tensors(spec, weights)]
+    chunks = list(encode_tensors(spec, weights))
+    return EncodedUpdate(
+        [regional_pb2.UpdateMessage(chunk=c).SerializeToString() for c in chunks], digest_chunks(chunks)
+    )
 
 
 @dataclass(frozen=True)
@@ -177,7 +190,8 @@ def bench_throughput(pki: Path, work: Path, floats: int, repeats: int) -> None:
     payload = 4 * floats
     print(f"(a) ingest throughput: one update of {payload / 1e6:.0f} MB ({floats:,} float32), {repeats} runs")
     print("    encoding the update ...", flush=True)
-    chunks = encoded_update(floats, np.random.default_rng(0).standard_normal(floats, dtype=np.float32))
+    update = encoded_update(floats, np.random.default_rng(0).standard_normal(floats, dtype=np.float32))
+    chunks = update.messages
     header = regional_pb2.UpdateMessage(
         header=regional_pb2.UpdateHeader(round=ROUND, example_count=EXAMPLES, idempotency_key="x-update")
     ).SerializeToString()
@@ -202,7 +216,7 @@ def bench_throughput(pki: Path, work: Path, floats: int, repeats: int) -> None:
                 silo.sink(sink_messages)
 
             def ingest(silo: Silo = silo) -> None:
-                silo.submit(chunks)
+                silo.submit(update)
 
             if run % 2:
                 ingest_t, sink_t = timed(child, ingest), timed(child, sink)

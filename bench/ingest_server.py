@@ -26,6 +26,9 @@ import numpy as np
 from jurisfed.audit.tier import open_tier_log
 from jurisfed.auth.identity import Identity, Tier
 from jurisfed.auth.pki import TlsFiles
+from jurisfed.policy.guard import PolicyGuard, load_tier_policy
+from jurisfed.policy.model import Policy
+from jurisfed.policy.signing import approve_file, generate_key_pair, load_private_key
 from jurisfed.rounds import TrainingConfig
 from jurisfed.rpc.server import Service, serve
 from jurisfed.tensors import ModelSpec, TensorSpec
@@ -39,6 +42,7 @@ ROUND_DEADLINE_S = 3600.0
 SINK_SERVICE = "jurisfed.bench.ByteSink"
 SINK_METHOD = f"/{SINK_SERVICE}/Absorb"
 _WIDTH = 1000
+EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "deploy" / "policies" / "eu.yaml"
 
 
 def bench_spec(floats: int) -> ModelSpec:
@@ -78,12 +82,14 @@ def main() -> None:
 
     spec = bench_spec(args.floats)
     identity = Identity(JURISDICTION, Tier.REGIONAL, "regional-bench")
+    audit = open_tier_log(args.state_dir, identity, None)  # the real, fsync'd log
     aggregator = RegionalAggregator(
         identity,
         args.state_dir,
         min_silos=1,
         max_concurrent_uploads=args.max_concurrent_uploads,
-        audit=open_tier_log(args.state_dir, identity, None),  # the real, fsync'd log
+        audit=audit,
+        guard=PolicyGuard(signed_example_policy(args.state_dir), identity, audit),
     )
     base = {t.name: np.full(t.shape, 0.5, dtype=np.float32) for t in spec.tensors}
     with serve(
@@ -104,6 +110,19 @@ def main() -> None:
             flush=True,
         )
         threading.Event().wait()
+
+
+def signed_example_policy(directory: Path) -> Policy:
+    """The example EU policy, signed by a throwaway approver whose key the regional trusts, so every
+    silo registration, update and download is decided by the real guard, as in production."""
+    keys = directory / "approver"
+    keys.mkdir()
+    generate_key_pair(keys / "approver.key.pem", keys / "approver.pem")
+    policy_file = directory / "eu.yaml"
+    policy_file.write_text(EXAMPLE_POLICY.read_text(encoding="utf-8"), encoding="utf-8")
+    approve_file(policy_file, load_private_key(keys / "approver.key.pem"), "Bench Approver")
+    (keys / "approver.key.pem").unlink()
+    return load_tier_policy(policy_file, keys / "approver.pem", jurisdiction=JURISDICTION)
 
 
 def _exit_on_eof() -> None:
