@@ -17,15 +17,13 @@ raw bytes / codec bytes of the same hop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from jurisfed.compression.codec import Codec
 from jurisfed.experiments.federation import FederationRun, FederationSettings
 from jurisfed.experiments.hops import HopCodec
 from jurisfed.experiments.report import Figure, Report, Section, Table
 from jurisfed.experiments.runs import ExperimentPlan, mean, points, run, verdict
 from jurisfed.experiments.svg import Series, bar_chart, line_chart
-from jurisfed.experiments.tasks import SYNTHETIC_MLP, Task, digits_task, synthetic_task
+from jurisfed.experiments.tasks import SYNTHETIC_MLP, TaskChoice
 
 JURISDICTIONS = ("EU", "IN", "US")
 DIGITS_SILOS = 3
@@ -42,35 +40,10 @@ VARIANTS = {
 TARGETS = {"int8": (3.9, 0.5), "top-k-int8 + EF": (50.0, 1.0)}
 
 
-@dataclass(frozen=True)
-class TaskMaker:
-    name: str
-    alpha: float
-    beta: float | None  # None: digits
-
-    def make(self, plan: ExperimentPlan, seed: int) -> Task:
-        if self.beta is None:
-            return digits_task(
-                plan.workdir,
-                jurisdictions=JURISDICTIONS,
-                silos_per_jurisdiction=DIGITS_SILOS,
-                alpha=self.alpha,
-                seed=seed,
-            )
-        return synthetic_task(
-            jurisdictions=JURISDICTIONS,
-            silos_per_jurisdiction=SYNTHETIC_SILOS,
-            alpha=self.alpha,
-            beta=self.beta,
-            seed=seed,
-            arch=SYNTHETIC_MLP,
-        )
-
-
 TASKS = (
-    TaskMaker("digits alpha=0.1", 0.1, None),
-    TaskMaker("digits alpha=5", 5.0, None),
-    TaskMaker("Synthetic(1, 1)", 1.0, 1.0),
+    TaskChoice("digits alpha=0.1", 0.1, None, JURISDICTIONS, DIGITS_SILOS),
+    TaskChoice("digits alpha=5", 5.0, None, JURISDICTIONS, DIGITS_SILOS),
+    TaskChoice("Synthetic(1, 1)", 1.0, 1.0, JURISDICTIONS, SYNTHETIC_SILOS, SYNTHETIC_MLP),
 )
 
 
@@ -79,7 +52,7 @@ def run_communication(plan: ExperimentPlan) -> Report:
     runs: dict[tuple[str, str], list[FederationRun]] = {}
     for maker in tasks:
         for seed in plan.seeds:
-            task = maker.make(plan, seed)
+            task = maker.make(plan.workdir, seed)
             for variant, hop in VARIANTS.items():
                 settings = FederationSettings(regional_hop=hop)
                 label = f"{maker.name} | {variant}"
@@ -97,7 +70,7 @@ def _per_round_bytes(runs: list[FederationRun]) -> tuple[float, float]:
 
 
 def _report(
-    plan: ExperimentPlan, tasks: tuple[TaskMaker, ...], runs: dict[tuple[str, str], list[FederationRun]]
+    plan: ExperimentPlan, tasks: tuple[TaskChoice, ...], runs: dict[tuple[str, str], list[FederationRun]]
 ) -> Report:
     sections = []
     results: dict[str, object] = {}
@@ -173,7 +146,7 @@ def _report(
 
 def _section(
     plan: ExperimentPlan,
-    maker: TaskMaker,
+    maker: TaskChoice,
     rows: tuple[tuple[str, ...], ...],
     verdicts: tuple[str, ...],
     ratios: list[float],

@@ -37,7 +37,7 @@ from jurisfed.aggregation.quarantine import QuarantineRegistry
 from jurisfed.errors import InvalidInput, WrongState
 from jurisfed.experiments.attacks import Attack
 from jurisfed.experiments.hops import HopCodec, HopSender, regional_identity, silo_identity
-from jurisfed.experiments.tasks import Examples, Jurisdiction, Task
+from jurisfed.experiments.tasks import Jurisdiction, Task
 from jurisfed.modeling.examples import LabelledExamples
 from jurisfed.modeling.mlp import Mlp
 from jurisfed.personalization.interpolation import personalize
@@ -303,12 +303,11 @@ class Federation:
             served = with_local_layers(self.global_weights, regional.own_local, regional.local_names)
             personalized_accuracy = _accuracy(arch, served, test)
         elif self.settings.interpolate and outcome.jurisdiction_model is not None:
-            validation = regional.jurisdiction.validation
             chosen = personalize(
                 arch,
                 self.global_weights,
                 outcome.jurisdiction_model,
-                LabelledExamples(validation.features, validation.labels),
+                regional.jurisdiction.validation,
                 min_gain=self.settings.min_validation_gain,
             )
             personalized_accuracy = _accuracy(arch, chosen.weights, test)
@@ -329,7 +328,7 @@ class Federation:
         )
 
 
-def _accuracy(arch: Mlp, weights: Weights, examples: Examples) -> float:
+def _accuracy(arch: Mlp, weights: Weights, examples: LabelledExamples) -> float:
     return arch.accuracy(weights, examples.features, examples.labels)
 
 

@@ -15,13 +15,11 @@ Accuracies are on each jurisdiction's test split (disjoint from its validation s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from jurisfed.experiments.federation import FederationRun, FederationSettings
 from jurisfed.experiments.report import Figure, Report, Section, Table
 from jurisfed.experiments.runs import ExperimentPlan, mean, points, run, verdict
 from jurisfed.experiments.svg import Series, line_chart
-from jurisfed.experiments.tasks import SYNTHETIC_LOGISTIC, Task, digits_task, synthetic_task
+from jurisfed.experiments.tasks import SYNTHETIC_LOGISTIC, TaskChoice
 
 JURISDICTIONS = ("EU", "IN", "US")
 # With 3 jurisdictions a global logistic regression separates their input clusters and fits
@@ -37,35 +35,10 @@ INTERPOLATION = FederationSettings(interpolate=True, min_validation_gain=MIN_VAL
 FEDPER = FederationSettings(local_layers=("head",))
 
 
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    alpha: float
-    beta: float | None  # None: digits
-
-    def make(self, plan: ExperimentPlan, seed: int) -> Task:
-        if self.beta is None:
-            return digits_task(
-                plan.workdir,
-                jurisdictions=JURISDICTIONS,
-                silos_per_jurisdiction=DIGITS_SILOS,
-                alpha=self.alpha,
-                seed=seed,
-            )
-        return synthetic_task(
-            jurisdictions=SYNTHETIC_JURISDICTIONS,
-            silos_per_jurisdiction=SYNTHETIC_SILOS,
-            alpha=self.alpha,
-            beta=self.beta,
-            seed=seed,
-            arch=SYNTHETIC_LOGISTIC,
-        )
-
-
 SETTINGS = (
-    Setting("Synthetic(1, 1)", 1.0, 1.0),
-    Setting("digits alpha=0.1", 0.1, None),
-    Setting("digits alpha=5", 5.0, None),
+    TaskChoice("Synthetic(1, 1)", 1.0, 1.0, SYNTHETIC_JURISDICTIONS, SYNTHETIC_SILOS, SYNTHETIC_LOGISTIC),
+    TaskChoice("digits alpha=0.1", 0.1, None, JURISDICTIONS, DIGITS_SILOS),
+    TaskChoice("digits alpha=5", 5.0, None, JURISDICTIONS, DIGITS_SILOS),
 )
 
 
@@ -75,7 +48,7 @@ def run_personalization(plan: ExperimentPlan) -> Report:
     fedper: dict[str, list[FederationRun]] = {}
     for setting in settings:
         for seed in plan.seeds:
-            task = setting.make(plan, seed)
+            task = setting.make(plan.workdir, seed)
             label = f"{setting.name} | interpolation"
             interpolated.setdefault(setting.name, []).append(
                 run(plan, task, INTERPOLATION, seed=seed, label=label)
@@ -129,7 +102,7 @@ def _worst_gap(runs: list[FederationRun], jurisdiction: int) -> float:
 
 
 def _section(
-    plan: ExperimentPlan, setting: Setting, runs: list[FederationRun], fedper: list[FederationRun] | None
+    plan: ExperimentPlan, setting: TaskChoice, runs: list[FederationRun], fedper: list[FederationRun] | None
 ) -> Section:
     rows = []
     gains, ratios, worst = [], [], []
@@ -198,7 +171,7 @@ def _section(
     )
 
 
-def _figure(plan: ExperimentPlan, setting: Setting, runs: list[FederationRun]) -> Figure:
+def _figure(plan: ExperimentPlan, setting: TaskChoice, runs: list[FederationRun]) -> Figure:
     xs = tuple(float(i + 1) for i in range(plan.rounds))
     series = []
     for index, name in enumerate(_names(runs)):

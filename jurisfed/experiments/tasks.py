@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 from jurisfed.demo.partition import DEMO_TRAINING, load_split, partition_digits
 from jurisfed.experiments.synthetic import CLASSES, FEATURES, SyntheticSettings, generate
+from jurisfed.modeling.examples import LabelledExamples
 from jurisfed.modeling.mlp import DIGITS_MLP, Mlp
 from jurisfed.rounds import TrainingConfig
 from silo.data import LocalDataset, load_dataset
@@ -33,15 +33,6 @@ SYNTHETIC_TRAINING = TrainingConfig(epochs=2, batch_size=16, learning_rate=0.05,
 
 
 @dataclass(frozen=True)
-class Examples:
-    features: npt.NDArray[np.float32]
-    labels: npt.NDArray[np.int64]
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-@dataclass(frozen=True)
 class Silo:
     name: str
     data: LocalDataset
@@ -51,8 +42,8 @@ class Silo:
 class Jurisdiction:
     name: str
     silos: tuple[Silo, ...]
-    validation: Examples  # the regional's own, for choosing a personalization
-    test: Examples
+    validation: LabelledExamples  # the regional's own, for choosing a personalization
+    test: LabelledExamples
 
     @property
     def example_count(self) -> int:
@@ -66,9 +57,9 @@ class Task:
     training: TrainingConfig
     jurisdictions: tuple[Jurisdiction, ...]
 
-    def all_tests(self) -> Examples:
+    def all_tests(self) -> LabelledExamples:
         """The jurisdictions' test splits together: the federation's held-out population."""
-        return Examples(
+        return LabelledExamples(
             np.concatenate([j.test.features for j in self.jurisdictions]),
             np.concatenate([j.test.labels for j in self.jurisdictions]),
         )
@@ -103,8 +94,8 @@ def digits_task(
             Jurisdiction(
                 name=part.name,
                 silos=tuple(Silo(silo.name, load_dataset(silo.train_path)) for silo in part.silos),
-                validation=Examples(features[order[:half]], labels[order[:half]]),
-                test=Examples(features[order[half:]], labels[order[half:]]),
+                validation=LabelledExamples(features[order[:half]], labels[order[:half]]),
+                test=LabelledExamples(features[order[half:]], labels[order[half:]]),
             )
         )
     return Task(f"digits (Dirichlet alpha={alpha:g})", arch, training, tuple(built))
@@ -129,9 +120,41 @@ def synthetic_task(
                 Silo(f"{drawn.name.lower()}-silo-{k + 1}", LocalDataset(features, labels))
                 for k, (features, labels) in enumerate(drawn.silo_splits)
             ),
-            validation=Examples(*drawn.validation),
-            test=Examples(*drawn.test),
+            validation=LabelledExamples(*drawn.validation),
+            test=LabelledExamples(*drawn.test),
         )
         for drawn in generate(settings, seed)
     )
     return Task(f"Synthetic({alpha:g}, {beta:g}), {arch.name}", arch, training, built)
+
+
+@dataclass(frozen=True)
+class TaskChoice:
+    """A task an experiment names: digits with Dirichlet label skew `alpha` (`beta` None) or
+    Synthetic(alpha, beta) training `synthetic_arch`, over `jurisdictions` of
+    `silos_per_jurisdiction` silos each."""
+
+    name: str
+    alpha: float
+    beta: float | None
+    jurisdictions: tuple[str, ...]
+    silos_per_jurisdiction: int
+    synthetic_arch: Mlp = SYNTHETIC_LOGISTIC
+
+    def make(self, workdir: Path, seed: int) -> Task:
+        if self.beta is None:
+            return digits_task(
+                workdir,
+                jurisdictions=self.jurisdictions,
+                silos_per_jurisdiction=self.silos_per_jurisdiction,
+                alpha=self.alpha,
+                seed=seed,
+            )
+        return synthetic_task(
+            jurisdictions=self.jurisdictions,
+            silos_per_jurisdiction=self.silos_per_jurisdiction,
+            alpha=self.alpha,
+            beta=self.beta,
+            seed=seed,
+            arch=self.synthetic_arch,
+        )
