@@ -13,20 +13,17 @@ a blob of its own, recorded here with the weight and both validation accuracies.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from jurisfed.errors import ConfigError, JurisfedError
+from jurisfed.modeling.evaluation import model_fitting
 from jurisfed.modeling.examples import LabelledExamples, load_examples
-from jurisfed.modeling.mlp import Mlp
 from jurisfed.personalization.interpolation import MixingChoice, Personalized, personalize
 from jurisfed.store.sqlite import SqliteStore
 from jurisfed.tensors import Weights
-
-log = logging.getLogger("jurisfed.regional")
 
 
 class ServedModelsUnavailable(JurisfedError):
@@ -94,18 +91,7 @@ class Personalizer:
     def mix(self, architecture: str, global_model: Weights, own_model: Weights) -> Personalized | None:
         """The served mixture of `own_model` and `global_model`; None (logged) when the validation
         set does not fit the round's architecture, so the round still commits its own model."""
-        try:
-            arch = Mlp.parse(architecture)
-        except ValueError as error:
-            log.error("cannot personalize by validation", extra={"why": str(error)})
-            return None
-        if self.validation.features.shape[1] != arch.input_dim:
-            log.error(
-                "cannot personalize by validation",
-                extra={
-                    "why": f"the validation set has {self.validation.features.shape[1]} features; "
-                    f"{architecture} takes {arch.input_dim}"
-                },
-            )
+        arch = model_fitting(architecture, self.validation, unable="cannot personalize by validation")
+        if arch is None:
             return None
         return personalize(arch, global_model, own_model, self.validation, min_gain=self.min_gain)

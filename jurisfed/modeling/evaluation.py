@@ -35,6 +35,22 @@ def accuracy_and_loss(
     return accuracy, loss
 
 
+def model_fitting(architecture: str, examples: LabelledExamples, *, unable: str) -> Mlp | None:
+    """The MLP named `architecture` if `examples` fit its input; None otherwise, logged as a warning
+    `unable` (what the tier cannot do for this round) with the reason."""
+    try:
+        model = Mlp.parse(architecture)
+    except ValueError as error:
+        log.warning(unable, extra={"why": str(error)})
+        return None
+    if examples.features.shape[1] != model.input_dim:
+        features = examples.features.shape[1]
+        why = f"the examples have {features} features; {architecture} takes {model.input_dim}"
+        log.warning(unable, extra={"why": why})
+        return None
+    return model
+
+
 @dataclass(frozen=True)
 class MlpProbe:
     """The cross-entropy of (the round's `base` + an update) on examples a tier may hold."""
@@ -49,17 +65,8 @@ class MlpProbe:
         or (logged) when they do not fit the architecture, so the screen leaves its loss term out."""
         if examples is None:
             return None
-        try:
-            model = Mlp.parse(architecture)
-        except ValueError as error:
-            log.warning("probe loss not evaluated", extra={"why": str(error)})
-            return None
-        if examples.features.shape[1] != model.input_dim:
-            features = examples.features.shape[1]
-            why = f"the examples have {features} features; {architecture} takes {model.input_dim}"
-            log.warning("probe loss not evaluated", extra={"why": why})
-            return None
-        return cls(model, examples, base)
+        model = model_fitting(architecture, examples, unable="probe loss not evaluated")
+        return None if model is None else cls(model, examples, base)
 
     @property
     def size(self) -> int:
