@@ -9,9 +9,10 @@ verify is refused like a contract the policy refuses: declined, with the reason,
 A round resumed after a restart is taken over when the global still runs it, else abandoned.
 
 When the global's round plan ends it answers that the federation finished until an operator
-starts the next plan: the regional stays, idle, and asks again every IDLE_POLL_S, so it runs
-the next plan's rounds (numbered on from the last) without a restart; only a regional configured
-with `exit_when_finished` stops following the global and tells its silos the federation finished.
+starts the next plan: the regional stays, idle, and asks again (jurisfed/between_plans.py), so it
+runs the next plan's rounds (numbered on from the last) without a restart; only a regional
+configured with `exit_when_finished` stops following the global and tells its silos the
+federation finished.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jurisfed import __version__
 from jurisfed.audit.keys import key_id, parse_public_keys
 from jurisfed.auth.signatures import ContentSigner, digest_chunks
+from jurisfed.between_plans import BetweenPlans
 from jurisfed.compression.residual_file import ResidualFile
 from jurisfed.errors import ConfigError, InvalidInput, Unauthenticated
 from jurisfed.policy.model import Decision
@@ -55,7 +57,6 @@ T = TypeVar("T")
 LONG_POLL_S = 20.0
 # Between plans the global answers FINISHED at once: ask again after this pause (never a busy
 # loop), so the next plan's first round is joined within seconds of its start.
-IDLE_POLL_S = 5.0
 # In state_dir: what top-k codecs have not yet sent of this jurisdiction's aggregates.
 RESIDUAL_FILE = "residual-regional_to_global.bin"
 
@@ -82,7 +83,7 @@ class Upstream:
         given, is the only key whose round contracts this regional accepts; `link`, if given, hears
         whether each call reached the global (the regional's health follows it)."""
         self._aggregator = aggregator
-        self._exit_when_finished = exit_when_finished
+        self._between_plans = BetweenPlans(stop, exit_when_finished=exit_when_finished, log=log)
         self._residual = residual
         self._dial = dial
         self._channel: grpc.Channel | None = None
@@ -111,23 +112,18 @@ class Upstream:
         self._stub = global_pb2_grpc.GlobalAggregatorStub(channel)
         self._call("register with the global aggregator", self._register)
         last_round = 0
-        idle = False
         while not self._stop.is_set():
             announcement = self._call("wait for a round", partial(self._wait_for_round, last_round))
             if announcement is None:
                 break
             if announcement.state is RoundState.FINISHED:
-                if self._exit_when_finished:
+                if self._between_plans.leave(last_round):
                     break
-                if not idle:
-                    log.info("federation idle until the next round plan", extra={"last_round": last_round})
-                    idle = True
-                self._stop.wait(IDLE_POLL_S)
                 continue
             if announcement.state is RoundState.WAITING:
                 continue
             last_round = announcement.round
-            idle = False
+            self._between_plans.round_announced()
             span = self._tracer.start_as_current_span(
                 SpanName.REGIONAL_ROUND,
                 context=trace_context(announcement.traceparent),

@@ -6,7 +6,7 @@ later rounds, after a restart too. Only the silo dials; nothing dials into it. T
 failures (regional restarting, network) are retried with backoff; a refusal (round closed,
 invalid update) is logged and the silo moves on to the next round, so one bad round never
 stops it. Told the federation finished, it waits for the next round plan (asking again every
-IDLE_POLL_S), or, configured with `exit_when_finished`, returns.
+IDLE_POLL_S, jurisfed/between_plans.py), or, configured with `exit_when_finished`, returns.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from opentelemetry import trace
 
 from jurisfed import __version__
 from jurisfed.auth.signatures import ContentSigner, digest_chunks
+from jurisfed.between_plans import BetweenPlans
 from jurisfed.compression.residual_file import ResidualFile
 from jurisfed.errors import JurisfedError
 from jurisfed.modeling.mlp import Mlp
@@ -48,7 +49,6 @@ T = TypeVar("T")
 
 LONG_POLL_S = 20.0
 # A regional that says the federation finished says so at once: ask again after this pause.
-IDLE_POLL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class SiloClient:
         not sent yet. `exit_when_finished`: return once the regional says the federation
         finished, instead of waiting for the next plan's rounds."""
         self._contract_key = contract_key
-        self._exit_when_finished = exit_when_finished
+        self._between_plans = BetweenPlans(stop, exit_when_finished=exit_when_finished, log=log)
         self._residual = residual
         self._rng = np.random.default_rng()  # stochastic rounding, from the OS's entropy
         self._stub = regional_pb2_grpc.RegionalAggregatorStub(channel)
@@ -93,18 +93,13 @@ class SiloClient:
         self._call("register", self._register)
         reports: list[RoundReport] = []
         last_round = 0
-        idle = False
         while not self._stop.is_set():
             announcement = self._call("wait for a task", partial(self._wait_for_task, last_round))
             if announcement is None:
                 break
             if announcement.state is RoundState.FINISHED:
-                if self._exit_when_finished:
+                if self._between_plans.leave(last_round):
                     break
-                if not idle:
-                    log.info("federation idle until the next round plan", extra={"last_round": last_round})
-                    idle = True
-                self._stop.wait(IDLE_POLL_S)
                 continue
             if announcement.state is RoundState.WAITING:
                 if announcement.exclusion is not None:
@@ -112,7 +107,7 @@ class SiloClient:
                     self._left_out(announcement)
                 continue
             last_round = announcement.round
-            idle = False
+            self._between_plans.round_announced()
             # This silo's work joins the round's trace, under the regional's span.
             with self._tracer.start_as_current_span(
                 SpanName.SILO_TRAIN,
