@@ -95,9 +95,7 @@ class RegionalAggregator:
             jurisdiction_of=lambda silo: identity.jurisdiction,
         )
         rule_states = RuleStates(state_dir / STATE_FILE)
-        self._privacy = PrivacyBudget(
-            PrivacyLedger(state_dir / STATE_FILE), guard, self.instruments, audit, identity
-        )
+        self._privacy = PrivacyBudget(PrivacyLedger(state_dir / STATE_FILE), guard, self.instruments)
         self._global_location: str | None = None  # where the global says it is hosted, once it said so
         served = ServedModels(state_dir / STATE_FILE)
         self._recorder = RoundRecorder(

@@ -23,10 +23,7 @@ from dataclasses import dataclass
 
 from jurisfed.aggregation.differential_privacy import DPRule, find_dp
 from jurisfed.aggregation.factories import parse_rule
-from jurisfed.audit.events import AuditEvent, Detail, EventKind
-from jurisfed.audit.events import Decision as AuditDecision
-from jurisfed.audit.sink import AuditSink
-from jurisfed.auth.identity import GLOBAL_JURISDICTION, Identity
+from jurisfed.auth.identity import GLOBAL_JURISDICTION
 from jurisfed.errors import WrongState
 from jurisfed.policy.engine import requirements
 from jurisfed.policy.guard import PolicyGuard
@@ -55,9 +52,7 @@ def release_id(round_number: int) -> str:
 class PrivacyBudget:
     ledger: PrivacyLedger
     guard: PolicyGuard
-    instruments: Instrumentation
-    audit: AuditSink
-    actor: Identity  # the regional, recording its refusals
+    instruments: Instrumentation  # refusals are audited by the guard, as its own decisions
 
     @property
     def jurisdiction(self) -> str:
@@ -171,29 +166,10 @@ class PrivacyBudget:
         )
 
     def _deny(self, round_number: int, rule_id: str, reason: str) -> Decision:
-        policy = self.guard.policy
-        decision = Decision(
-            allowed=False,
-            rule_id=rule_id,
-            reason=reason,
-            policy_id=policy.id,
-            policy_version=policy.version,
-            policy_sha256=policy.sha256,
-            condition="differential_privacy",
+        decision = self.guard.refuse(
+            rule_id, reason, condition="differential_privacy", round_number=round_number
         )
         self.instruments.metrics.policy_decision(decision)
-        self.audit.record(
-            AuditEvent(
-                kind=EventKind.POLICY_DECISION,
-                actor=self.actor,
-                jurisdiction=self.jurisdiction,
-                round_number=round_number,
-                decision=AuditDecision.DENY,
-                rule=rule_id,
-                policy_hash=policy.sha256,
-                details={Detail.REASON: reason[:900]},
-            )
-        )
         return decision
 
 

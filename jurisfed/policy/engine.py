@@ -39,7 +39,7 @@ def decide(policy: Policy, flow: Flow) -> Decision:
     try:
         return _decide(policy, flow)
     except Exception as error:  # fail closed: whatever went wrong, nothing flows
-        return _deny(policy, DEFAULT_DENY, f"the policy engine could not evaluate this flow: {error!r}")
+        return deny(policy, DEFAULT_DENY, f"the policy engine could not evaluate this flow: {error!r}")
 
 
 def concerns(policy: Policy, flow: Flow) -> bool:
@@ -49,14 +49,14 @@ def concerns(policy: Policy, flow: Flow) -> bool:
 
 def _decide(policy: Policy, flow: Flow) -> Decision:
     if flow.artifact is Artifact.RAW_DATA:
-        return _deny(policy, RAW_DATA_NEVER_MOVES, "raw data never leaves the silo that holds it")
+        return deny(policy, RAW_DATA_NEVER_MOVES, "raw data never leaves the silo that holds it")
     if not (policy.knows(flow.source.jurisdiction) and policy.knows(flow.destination.jurisdiction)):
         return _unknown_jurisdiction(policy, flow)
     if flow.data_classes and flow.destination.jurisdiction != policy.jurisdiction:
         for data_class in sorted(flow.data_classes):
             restriction = policy.restriction(data_class)
             if restriction is not None:
-                return _deny(
+                return deny(
                     policy,
                     restriction.id,
                     f"{flow.artifact.value} derived from {data_class} data may not leave "
@@ -74,10 +74,10 @@ def _decide(policy: Policy, flow: Flow) -> Decision:
         # rule for other hosting locations is named only when no rule fits the location.
         if first_refusal is None or (first_refusal.condition == _HOSTING and failure[0] != _HOSTING):
             condition, why = failure
-            first_refusal = _deny(policy, rule.id, f"rule {rule.id}: {why}", condition=condition)
+            first_refusal = deny(policy, rule.id, f"rule {rule.id}: {why}", condition=condition)
     if first_refusal is not None:
         return first_refusal
-    return _deny(
+    return deny(
         policy,
         DEFAULT_DENY,
         f"no rule of policy {policy.label} allows {flow.artifact.value} from {flow.source} "
@@ -91,7 +91,7 @@ def _unknown_jurisdiction(policy: Policy, flow: Flow) -> Decision:
         if not policy.knows(flow.source.jurisdiction)
         else ("destination", flow.destination)
     )
-    return _deny(
+    return deny(
         policy,
         DEFAULT_DENY,
         f"the {end} jurisdiction {endpoint.jurisdiction!r} is not named anywhere in policy {policy.label}",
@@ -184,7 +184,8 @@ _CHECKS: dict[str, Callable[[Conditions, Flow], str | None]] = {
 }
 
 
-def _deny(policy: Policy, rule_id: str, reason: str, condition: str | None = None) -> Decision:
+def deny(policy: Policy, rule_id: str, reason: str, condition: str | None = None) -> Decision:
+    """A refusal under `policy` by its rule `rule_id` (or a built-in one), for `reason`."""
     return Decision(
         allowed=False,
         rule_id=rule_id,

@@ -15,7 +15,7 @@ from jurisfed.audit.events import Decision as AuditDecision
 from jurisfed.audit.sink import AuditSink
 from jurisfed.auth.identity import Identity
 from jurisfed.errors import ConfigError, NotAllowed
-from jurisfed.policy.engine import decide
+from jurisfed.policy.engine import decide, deny
 from jurisfed.policy.errors import PolicyError
 from jurisfed.policy.loader import load_policy
 from jurisfed.policy.model import Decision, Flow, Policy
@@ -74,6 +74,26 @@ class PolicyGuard:
         details: dict[str, str | int | float | bool] = {Detail.REASON: f"{what}: {decision.reason}"[:900]}
         if flow.cohort_silos is not None:
             details[Detail.COHORT_SIZE] = flow.cohort_silos
+        self._record(decision, details, round_number=round_number, subject=subject)
+        return decision
+
+    def refuse(
+        self, rule_id: str, reason: str, *, condition: str, round_number: int | None = None
+    ) -> Decision:
+        """A refusal the tier decides beside the engine, under a rule of its policy (a privacy budget
+        its ledger says would be exceeded), recorded in the audit log as the engine's are."""
+        decision = deny(self.policy, rule_id, reason, condition)
+        self._record(decision, {Detail.REASON: reason[:900]}, round_number=round_number, subject=None)
+        return decision
+
+    def _record(
+        self,
+        decision: Decision,
+        details: dict[str, str | int | float | bool],
+        *,
+        round_number: int | None,
+        subject: Identity | None,
+    ) -> None:
         self._audit.record(
             AuditEvent(
                 kind=EventKind.POLICY_DECISION,
@@ -87,7 +107,6 @@ class PolicyGuard:
                 details=details,
             )
         )
-        return decision
 
     def require(
         self, flow: Flow, *, round_number: int | None = None, subject: Identity | None = None

@@ -47,7 +47,7 @@ def budget(tmp_path: Path) -> PrivacyBudget:
     regional = Identity("EU", Tier.REGIONAL, "regional-eu")
     guard = PolicyGuard(read_policy(POLICY), regional, MemoryAuditSink())
     ledger = PrivacyLedger(tmp_path / "state.sqlite")
-    return PrivacyBudget(ledger, guard, Instrumentation.off(), MemoryAuditSink(), regional)
+    return PrivacyBudget(ledger, guard, Instrumentation.off())
 
 
 def spend_rounds(privacy: PrivacyBudget, location: str, **terms: float) -> int:
